@@ -1,0 +1,34 @@
+# aurum_ml — everything runs from the project's own virtualenv (.venv).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup photos demo test lint worker clean
+
+setup: $(VENV)/.installed  ## create .venv and install the project with its test extra
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+photos: setup  ## fetch the real test photos into .cache/test-photos (git-ignored)
+	$(BIN)/python tests/photos.py
+
+demo: photos  ## score the sample photos on the embedded default (no servers needed)
+	$(BIN)/aurum-ml score .cache/test-photos/*.jpg .cache/test-photos/32bit.png
+
+test: setup  ## the test suite: needs Redis at 127.0.0.1:6379 (db 14 is flushed)
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check aurum_ml tests celeryconfig.py
+	$(BIN)/ruff format --check aurum_ml tests celeryconfig.py
+	$(BIN)/mypy
+
+worker: setup  ## one worker for every queue, against AURUM_BROKER_URL
+	$(BIN)/celery -A aurum_ml worker -Q detect,embed,score,store,maintenance --loglevel INFO
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info

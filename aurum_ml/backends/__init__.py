@@ -1,0 +1,52 @@
+"""Face backends: one interface, several implementations.
+
+- :mod:`aurum_ml.backends.local` — dlib models in this process (the default and the fallback).
+
+A backend finds faces (:class:`Detection`) and turns one face into a 128-d vector. The
+HTTP client for our ML services implements the same interface (services issue).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+__all__ = ["Detection", "FaceBackend"]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One face. ``box`` is ``(x1, y1, x2, y2)`` in px of the full image, clipped to it;
+    ``landmarks`` are the 5 dlib points ``(x, y)`` in px (two per eye corner pair, then the
+    base of the nose); ``score`` is the detector's confidence (HOG: ~0.7–2.4 for real faces).
+    """
+
+    box: tuple[int, int, int, int]
+    landmarks: tuple[tuple[int, int], ...]
+    score: float
+
+    @property
+    def width(self) -> int:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> int:
+        return self.box[3] - self.box[1]
+
+
+class FaceBackend(Protocol):
+    """What the detect and embed stages need from a model."""
+
+    model: str  # model id, e.g. "dlib-resnet-v1"; names the Qdrant collection
+    dim: int  # embedding dimension
+    source: str  # "local" | "service" | "simulated": reported in results
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """Faces in an RGB uint8 image, largest first."""
+        ...
+
+    def embed(self, image: np.ndarray, face: Detection) -> np.ndarray:
+        """A float32 vector of length ``dim`` for ``face`` in ``image``."""
+        ...

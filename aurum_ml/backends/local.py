@@ -1,0 +1,146 @@
+"""dlib models in this process: HOG (or mmod CNN) detector → 5-point landmarks → ResNet.
+
+Model files come from the ``face_recognition_models`` package (CC0); nothing is downloaded.
+The 68-point landmark model in that package is never loaded: its training data's licence
+excludes commercial use.
+
+Models load lazily, once per process, on first use. Detection runs on a copy downscaled to
+at most ``detect_max_side`` px; boxes are mapped back, and landmarks and the descriptor are
+taken from the full-resolution image.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from aurum_ml.backends import Detection
+from aurum_ml.errors import ConfigError
+from aurum_ml.settings import Settings
+
+__all__ = ["MODEL_ID", "LocalFaceModel", "model_dir"]
+
+MODEL_ID = "dlib-resnet-v1"
+DIM = 128
+CHIP_SIZE = 150  # px; what the ResNet was trained on
+CHIP_PADDING = 0.25
+
+
+def model_dir() -> Path:
+    """The folder of ``face_recognition_models``' files, found without importing it
+    (its ``__init__`` imports the deprecated ``pkg_resources``)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("face_recognition_models is not installed (pip install the project)")
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+class LocalFaceModel:
+    """The in-process backend. Thread-safe: one lock around the dlib calls."""
+
+    model = MODEL_ID
+    dim = DIM
+    source = "local"
+
+    def __init__(self, settings: Settings) -> None:
+        self._detector_kind = settings.detector
+        self._upsample = settings.detect_upsample
+        self._max_side = settings.detect_max_side
+        self._min_score = settings.detect_min_score
+        self._lock = threading.Lock()
+        self._models: dict[str, Any] | None = None
+
+    def _load(self) -> dict[str, Any]:
+        if self._models is None:
+            import dlib  # imported here: a process that never scores never pays for it
+
+            folder = model_dir()
+            models: dict[str, Any] = {
+                "landmarks": dlib.shape_predictor(
+                    str(folder / "shape_predictor_5_face_landmarks.dat")
+                ),
+                "resnet": dlib.face_recognition_model_v1(
+                    str(folder / "dlib_face_recognition_resnet_model_v1.dat")
+                ),
+            }
+            if self._detector_kind == "cnn":
+                models["cnn"] = dlib.cnn_face_detection_model_v1(
+                    str(folder / "mmod_human_face_detector.dat")
+                )
+            else:
+                models["hog"] = dlib.get_frontal_face_detector()
+            self._models = models
+        return self._models
+
+    def warm_up(self) -> None:
+        """Load the models now (a worker calls this at start to keep the first job fast)."""
+        with self._lock:
+            self._load()
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """Faces scoring at least ``detect_min_score``, largest first."""
+        import dlib
+
+        height, width = image.shape[:2]
+        scale = min(1.0, self._max_side / max(height, width))
+        small = (
+            image
+            if scale == 1.0
+            else cv2.resize(
+                image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA
+            )
+        )
+        with self._lock:
+            models = self._load()
+            found: list[tuple[Any, float]] = []
+            if "cnn" in models:
+                found = [
+                    (d.rect, float(d.confidence)) for d in models["cnn"](small, self._upsample)
+                ]
+            else:
+                rects, scores, _ = models["hog"].run(small, self._upsample, 0.0)
+                found = list(zip(rects, (float(s) for s in scores), strict=True))
+            faces = []
+            for rect, score in found:
+                if score < self._min_score:
+                    continue
+                full = dlib.rectangle(
+                    round(rect.left() / scale),
+                    round(rect.top() / scale),
+                    round(rect.right() / scale),
+                    round(rect.bottom() / scale),
+                )
+                shape = models["landmarks"](image, full)
+                box = (
+                    max(0, full.left()),
+                    max(0, full.top()),
+                    min(width, full.right()),
+                    min(height, full.bottom()),
+                )
+                points = tuple((p.x, p.y) for p in shape.parts())
+                faces.append(Detection(box=box, landmarks=points, score=round(score, 4)))
+        faces.sort(key=lambda f: f.width * f.height, reverse=True)
+        return faces
+
+    def align(self, image: np.ndarray, face: Detection) -> np.ndarray:
+        """The aligned 150×150 RGB face chip the descriptor is computed on."""
+        import dlib
+
+        x1, y1, x2, y2 = face.box
+        shape = dlib.full_object_detection(
+            dlib.rectangle(x1, y1, x2, y2), [dlib.point(x, y) for x, y in face.landmarks]
+        )
+        return np.asarray(dlib.get_face_chip(image, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
+
+    def embed(self, image: np.ndarray, face: Detection) -> np.ndarray:
+        """128 floats (Euclidean distance < 0.6 ≈ same person; norm ≈ 1.4, not unit)."""
+        with self._lock:
+            models = self._load()
+            chip = self.align(image, face)
+            vector = models["resnet"].compute_face_descriptor(chip)
+        return np.asarray(vector, dtype=np.float32)

@@ -1,0 +1,74 @@
+"""A Celery worker inside the calling process: the embedded default, and the tests' worker.
+
+The embedded default (no ``AURUM_BROKER_URL``) runs the same tasks, queues and chain as a
+cluster, on a ``memory://`` broker with one worker thread pool consuming every queue; the
+pipeline state is an in-process fakeredis whose score index is rebuilt from the local
+Qdrant folder at start, so the population carries over between runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+
+from celery import Celery
+from celery.result import _set_task_join_will_block
+from celery.worker import WorkController
+
+from aurum_ml.runtime import Runtime
+
+__all__ = ["run_worker", "start_embedded"]
+
+
+@contextlib.contextmanager
+def run_worker(
+    app: Celery,
+    queues: Sequence[str],
+    *,
+    pool: str = "threads",
+    concurrency: int = 2,
+    hostname: str = "embedded@localhost",
+    shutdown_timeout: float = 30.0,
+) -> Iterator[WorkController]:
+    """Run a worker consuming ``queues`` in a daemon thread until the block ends."""
+    ready = threading.Event()
+    app.finalize()
+    worker = WorkController(
+        app=app,
+        queues=list(queues),
+        pool=pool,
+        concurrency=concurrency,
+        hostname=hostname,
+        loglevel="WARNING",
+        ready_callback=lambda consumer: ready.set(),
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+    )
+    thread = threading.Thread(target=worker.start, name=f"worker-{hostname}", daemon=True)
+    thread.start()
+    if not ready.wait(30):
+        raise RuntimeError("the embedded worker did not start within 30 s")
+    # Creating a worker marks the process as "inside a task"; the caller is not.
+    _set_task_join_will_block(False)
+    try:
+        yield worker
+    finally:
+        worker.stop(in_sighandler=False)
+        thread.join(shutdown_timeout)
+
+
+@contextlib.contextmanager
+def start_embedded(app: Celery, runtime: Runtime) -> Iterator[Runtime]:
+    """The whole pipeline in this process, on ``runtime`` (embedded settings)."""
+    from celeryconfig import QUEUES
+
+    if not runtime.settings.embedded:
+        raise RuntimeError("start_embedded needs the embedded default (no AURUM_BROKER_URL)")
+    runtime.index.rebuild(runtime.vectors.points())
+    with run_worker(app, QUEUES):
+        try:
+            yield runtime
+        finally:
+            runtime.vectors.close()

@@ -1,0 +1,92 @@
+"""The exception tree, arranged for the caller's ``except`` clauses.
+
+::
+
+    AurumError
+    ├── RetryableError          infrastructure that may work later: Celery retries these
+    │   ├── StateUnavailable        Redis (pipeline state, score index) unreachable
+    │   └── StoreUnavailable        Qdrant server unreachable or timing out
+    └── PermanentError          retrying cannot help: the job fails at once
+        ├── ConfigError             settings that cannot work (e.g. Qdrant folder held by
+        │                           another process)
+        ├── ImageExpired            the stored image or vector is gone (TTL passed)
+        └── BadInput                raised by the image/face code for bad input; the tasks
+                                    turn it into a *rejected result* (reason + message),
+                                    it never reaches a caller as an exception
+
+Bad input is not an exception for callers: ``score_face`` returns a result with
+``status="rejected"`` and a reason code. A caller sees an exception (re-raised by
+``AsyncResult.get()``) only for infrastructure failures after retries, and for
+permanent ones such as an expired image.
+
+Foreign exceptions are translated in one place each: redis in ``state.py``, qdrant in
+``vectors.py``, OpenCV/Pillow in ``imaging.py``, dlib in ``backends/local.py``.
+
+Every exception takes a single message argument, so Celery's JSON result backend can
+rebuild it on the caller's side (``exc_module`` + ``exc_type`` + message).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Reason = Literal[
+    "invalid_image",
+    "image_too_large",
+    "no_face",
+    "multiple_faces",
+    "face_too_small",
+    "low_quality",
+]
+
+__all__ = [
+    "AurumError",
+    "BadInput",
+    "ConfigError",
+    "ImageExpired",
+    "PermanentError",
+    "Reason",
+    "RetryableError",
+    "StateUnavailable",
+    "StoreUnavailable",
+]
+
+
+class AurumError(Exception):
+    """Root of every error aurum_ml raises on purpose."""
+
+
+class RetryableError(AurumError):
+    """Infrastructure trouble that may pass: retried with backoff, then FAILURE."""
+
+
+class StateUnavailable(RetryableError):
+    """The pipeline-state Redis could not be reached."""
+
+
+class StoreUnavailable(RetryableError):
+    """The Qdrant server could not be reached or timed out."""
+
+
+class PermanentError(AurumError):
+    """Retrying cannot help."""
+
+
+class ConfigError(PermanentError):
+    """The configuration cannot work as given; the message says what to change."""
+
+
+class ImageExpired(PermanentError):
+    """The job's image or embedding is no longer stored (its TTL passed)."""
+
+
+class BadInput(PermanentError):
+    """The input cannot be scored. Carries a reason code; tasks turn it into a rejection."""
+
+    def __init__(self, message: str, reason: Reason = "invalid_image") -> None:
+        super().__init__(message)
+        self.reason: Reason = reason
+        self.message = message
+
+    def __reduce__(self):  # keep both fields when pickled by a thread/process pool
+        return (type(self), (self.message, self.reason))

@@ -1,0 +1,61 @@
+"""The per-process objects the tasks work with, built once from the settings.
+
+A worker process builds its runtime lazily on its first task (after the prefork pool has
+forked, so no connection or model is shared across processes). Tests and the embedded
+default may install one of their own with :func:`set_runtime`.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from aurum_ml.backends.local import LocalFaceModel
+from aurum_ml.index import ScoreIndex
+from aurum_ml.settings import Settings, get_settings
+from aurum_ml.state import PipelineState, connect
+from aurum_ml.vectors import VectorStore
+
+__all__ = ["Runtime", "build_runtime", "get_runtime", "set_runtime"]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    state: PipelineState
+    backend: LocalFaceModel
+    vectors: VectorStore
+    index: ScoreIndex
+
+
+def build_runtime(settings: Settings, backend: LocalFaceModel | None = None) -> Runtime:
+    """Cheap: connections and models open lazily on first use."""
+    client = connect(settings)
+    backend = backend or LocalFaceModel(settings)
+    return Runtime(
+        settings=settings,
+        state=PipelineState(client, settings.image_ttl_s),
+        backend=backend,
+        vectors=VectorStore(settings, backend.model, backend.dim),
+        index=ScoreIndex(client, backend.model, backend.dim),
+    )
+
+
+_runtime: Runtime | None = None
+_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            _runtime = build_runtime(get_settings())
+        return _runtime
+
+
+def set_runtime(runtime: Runtime | None) -> Runtime | None:
+    """Install ``runtime`` for this process; returns the one it replaces."""
+    global _runtime
+    with _lock:
+        previous, _runtime = _runtime, runtime
+        return previous

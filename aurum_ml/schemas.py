@@ -1,0 +1,96 @@
+"""The contract between tasks and callers: pydantic models, units and box order on each field.
+
+``Result`` is what ``score_face.delay(...).get()`` returns (as a plain dict). ``Job`` is the
+small JSON payload the chain's stages hand to each other: the result so far plus the
+references a later stage needs. Neither ever carries image bytes or an embedding: the image
+is stored in Redis under its content hash, the embedding under the job id.
+
+Fields may be added by later versions; none is renamed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from aurum_ml.errors import Reason
+
+__all__ = ["Face", "Job", "Quality", "Result", "Status", "Timings"]
+
+Status = Literal["pending", "scored", "rejected"]
+Source = Literal["service", "local", "simulated"]
+
+
+class Face(BaseModel):
+    """The face that was scored."""
+
+    box: list[int] = Field(
+        ..., min_length=4, max_length=4, description="[x1, y1, x2, y2] px, clipped to the image"
+    )
+    landmarks: list[list[int]] = Field(
+        ..., description="5 × [x, y] px: two corners of each eye, then the base of the nose"
+    )
+    detection_score: float = Field(..., description="detector confidence (HOG ~0.7–2.4)")
+
+
+class Quality(BaseModel):
+    """Measurements of the face; the quality gate (thresholds) uses them."""
+
+    face_width_px: int = Field(..., description="box width, px")
+    face_height_px: int = Field(..., description="box height, px")
+    sharpness: float = Field(..., description="variance of the Laplacian of the face crop")
+    brightness: float = Field(..., description="mean luma of the face crop, 0–255")
+    roll_deg: float = Field(..., description="eye-line angle from horizontal, degrees")
+    nose_offset: float = Field(
+        ..., description="nose off the eyes' midline, in eye distances (0 = frontal)"
+    )
+
+
+class Timings(BaseModel):
+    """Milliseconds spent in each stage; ``total`` is wall time from intake to stored
+    (queue waits included)."""
+
+    detect: float = 0.0
+    embed: float = 0.0
+    score: float = 0.0
+    store: float = 0.0
+    total: float = 0.0
+
+
+class Result(BaseModel):
+    """What the caller gets. ``status="rejected"`` comes with ``reason`` and ``message``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    job_id: str | None = Field(..., description="the score_face task id; null if never queued")
+    status: Status
+    reason: Reason | None = None
+    message: str | None = None
+    user_id: str
+    face: Face | None = None
+    quality: Quality | None = None
+    score: float | None = Field(None, description="0–100: percentile of averageness")
+    percentile: float | None = Field(None, description="0–1; score / 100")
+    rank: int | None = Field(None, description="1 = most typical face of the population")
+    total_faces: int | None = Field(None, description="faces in the population, this one included")
+    point_id: str | None = Field(None, description="Qdrant point id (uuid5)")
+    model: str | None = None
+    source: Source | None = None
+    timings_ms: Timings = Field(default_factory=Timings)
+
+
+class Job(Result):
+    """The payload between stages: the result so far plus references."""
+
+    job_id: str
+    image_sha256: str = Field(..., description="key of the image bytes in Redis")
+    allow_multiple_faces: bool = False
+    submitted_at: float = Field(..., description="unix time of intake, s")
+    typicality: float | None = Field(None, description="cosine similarity to the centroid")
+
+    def reject(self, reason: Reason, message: str) -> Job:
+        return self.model_copy(update={"status": "rejected", "reason": reason, "message": message})
+
+    def result(self) -> Result:
+        return Result.model_validate(self.model_dump())

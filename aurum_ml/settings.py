@@ -1,0 +1,121 @@
+"""One frozen Settings object, built from the environment once.
+
+Nobody else in the package reads ``os.environ``: code that needs a setting takes a
+``Settings`` argument, and the process-wide instance comes from :func:`get_settings`.
+Every variable is listed with its default and meaning in ``.env.example``.
+
+Deployment modes follow from two variables:
+
+- ``AURUM_BROKER_URL`` unset → the *embedded default*: ``memory://`` broker, in-process
+  result backend, in-process pipeline state (fakeredis) and a local Qdrant folder. Only
+  a process that also runs the worker (``aurum-ml score``) can use it.
+- ``AURUM_BROKER_URL`` set → a cluster: the broker given, the result backend and the
+  pipeline-state Redis from their own variables, defaulting to the broker when it is Redis.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Typed, validated configuration. Sizes in bytes, times in seconds, lengths in px."""
+
+    model_config = SettingsConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    # --- infrastructure -------------------------------------------------------------------
+    broker_url: str | None = Field(None, validation_alias="AURUM_BROKER_URL")
+    result_backend: str | None = Field(None, validation_alias="AURUM_RESULT_BACKEND")
+    redis_url: str | None = Field(None, validation_alias="AURUM_REDIS_URL")
+    data_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_data_dir("aurum-ml")),
+        validation_alias="AURUM_DATA_DIR",
+    )
+    qdrant_path: Path | None = Field(None, validation_alias="QDRANT_PATH")
+    qdrant_url: str | None = Field(None, validation_alias="QDRANT_URL")
+    qdrant_api_key: str | None = Field(None, validation_alias="QDRANT_API_KEY")
+
+    # --- image limits ---------------------------------------------------------------------
+    image_max_bytes: int = Field(10 * 1024 * 1024, gt=0, validation_alias="IMAGE_MAX_BYTES")
+    image_max_pixels: int = Field(40_000_000, gt=0, validation_alias="IMAGE_MAX_PIXELS")
+    image_min_side: int = Field(64, ge=1, validation_alias="IMAGE_MIN_SIDE")
+    image_ttl_s: int = Field(3600, ge=60, validation_alias="IMAGE_TTL_SECONDS")
+
+    # --- detection ------------------------------------------------------------------------
+    detector: Literal["hog", "cnn"] = Field("hog", validation_alias="DETECTOR")
+    detect_upsample: int = Field(0, ge=0, le=2, validation_alias="DETECT_UPSAMPLE")
+    detect_max_side: int = Field(1280, ge=160, validation_alias="DETECT_MAX_SIDE")
+    detect_min_score: float = Field(0.4, validation_alias="DETECT_MIN_SCORE")
+    min_face_px: int = Field(60, ge=1, validation_alias="MIN_FACE_PX")
+    allow_multiple_faces: bool = Field(False, validation_alias="ALLOW_MULTIPLE_FACES")
+
+    # --- retries (Celery autoretry; see celeryconfig.py) ---------------------------------
+    task_max_retries: int = Field(5, ge=0, le=20, validation_alias="TASK_MAX_RETRIES")
+    retry_backoff_max_s: int = Field(60, ge=1, le=600, validation_alias="RETRY_BACKOFF_MAX")
+    result_expires_s: int = Field(86400, ge=60, validation_alias="RESULT_EXPIRES")
+
+    # --- ML services (the seed's variables; used fully by the services issue) -------------
+    face_detection_service: str | None = Field(None, validation_alias="FACE_DETECTION_SERVICE")
+    face_embedding_service: str | None = Field(None, validation_alias="FACE_EMBEDDING_SERVICE")
+    ml_service_timeout: float = Field(10.0, gt=0, le=300, validation_alias="ML_SERVICE_TIMEOUT")
+    use_real_ml: bool = Field(True, validation_alias="USE_REAL_ML")
+    fallback_to_simulated: bool = Field(True, validation_alias="FALLBACK_TO_SIMULATED")
+    simulated_ml_threshold: float = Field(
+        0.7, ge=0.0, le=1.0, validation_alias="SIMULATED_ML_THRESHOLD"
+    )
+
+    @model_validator(mode="after")
+    def _check_state_store(self) -> Settings:
+        if (
+            self.broker_url
+            and not self.redis_url
+            and not self.broker_url.startswith(("redis://", "rediss://"))
+        ):
+            raise ValueError(
+                "AURUM_REDIS_URL is required when AURUM_BROKER_URL is not a Redis URL "
+                "(pipeline state lives in Redis)"
+            )
+        if (
+            self.broker_url
+            and not self.result_backend
+            and not self.broker_url.startswith(("redis://", "rediss://"))
+        ):
+            raise ValueError(
+                "AURUM_RESULT_BACKEND is required when AURUM_BROKER_URL is not a Redis URL"
+            )
+        return self
+
+    # --- derived values -------------------------------------------------------------------
+    @property
+    def embedded(self) -> bool:
+        """True when no broker is configured: everything runs inside one process."""
+        return self.broker_url is None
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or "memory://localhost//"
+
+    @property
+    def celery_result_backend(self) -> str:
+        return self.result_backend or self.broker_url or "cache+memory://"
+
+    @property
+    def state_url(self) -> str | None:
+        """Redis URL for pipeline state, or None for the in-process store (embedded)."""
+        return self.redis_url or self.broker_url
+
+    @property
+    def qdrant_folder(self) -> Path:
+        return self.qdrant_path or self.data_dir / "qdrant"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

@@ -1,0 +1,118 @@
+"""Pipeline state in Redis: image bytes by content hash, embeddings by job, both with a TTL.
+
+Keys (all expire after ``IMAGE_TTL_SECONDS``):
+
+- ``aurum:img:{sha256}``     the image bytes, stored once however many jobs use them;
+- ``aurum:imgref:{sha256}``  the set of job ids still needing them — the bytes are deleted
+  when the last job is stored, so two concurrent jobs on one photo never starve each other;
+- ``aurum:vec:{job_id}``     the job's embedding (float32 bytes) between embed and store.
+
+In the embedded default the same code runs on an in-process fakeredis server.
+This module is where redis-py exceptions become :class:`StateUnavailable`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import redis
+
+from aurum_ml.errors import ImageExpired, StateUnavailable
+from aurum_ml.settings import Settings
+
+__all__ = ["PipelineState", "connect", "redis_errors"]
+
+_fake_server = None
+_fake_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def redis_errors() -> Iterator[None]:
+    """Translate redis-py's transport errors into our retryable error."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise StateUnavailable(f"Redis unavailable: {type(exc).__name__}") from None
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """A client for the pipeline-state Redis; in-process (fakeredis) when embedded."""
+    url = settings.state_url
+    if url:
+        return redis.Redis.from_url(
+            url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
+        )
+    import fakeredis
+
+    global _fake_server
+    with _fake_lock:
+        if _fake_server is None:
+            _fake_server = fakeredis.FakeServer()
+    return fakeredis.FakeRedis(server=_fake_server)
+
+
+class PipelineState:
+    """Images and embeddings in flight. Every method is safe to call twice."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+        self.redis = client
+        self.ttl_s = ttl_s
+
+    @staticmethod
+    def _image_key(sha256: str) -> str:
+        return f"aurum:img:{sha256}"
+
+    @staticmethod
+    def _refs_key(sha256: str) -> str:
+        return f"aurum:imgref:{sha256}"
+
+    @staticmethod
+    def _vector_key(job_id: str) -> str:
+        return f"aurum:vec:{job_id}"
+
+    def put_image(self, sha256: str, data: bytes, job_id: str) -> None:
+        with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._image_key(sha256), data, ex=self.ttl_s)
+            pipe.sadd(self._refs_key(sha256), job_id)
+            pipe.expire(self._refs_key(sha256), self.ttl_s)
+            pipe.execute()
+
+    def get_image(self, sha256: str) -> bytes:
+        with redis_errors():
+            data = self.redis.get(self._image_key(sha256))
+        if data is None:
+            raise ImageExpired("the image is no longer stored (its TTL passed); submit it again")
+        return bytes(data)  # type: ignore[arg-type]  # a bytes client (no decode_responses)
+
+    def put_embedding(self, job_id: str, vector: np.ndarray) -> None:
+        with redis_errors():
+            self.redis.set(
+                self._vector_key(job_id), vector.astype(np.float32).tobytes(), ex=self.ttl_s
+            )
+
+    def get_embedding(self, job_id: str) -> np.ndarray | None:
+        with redis_errors():
+            data = self.redis.get(self._vector_key(job_id))
+        if data is None:
+            return None
+        return np.frombuffer(data, dtype=np.float32).copy()  # type: ignore[arg-type]
+
+    def release(self, sha256: str, job_id: str) -> None:
+        """The job is done with its image and embedding: delete them (the image only when
+        no other job still needs it)."""
+        refs = self._refs_key(sha256)
+
+        def drop(pipe: redis.client.Pipeline) -> None:
+            remaining = set(pipe.smembers(refs)) - {job_id.encode()}
+            pipe.multi()
+            pipe.srem(refs, job_id)
+            pipe.delete(self._vector_key(job_id))
+            if not remaining:
+                pipe.delete(self._image_key(sha256), refs)
+
+        with redis_errors():
+            # WATCH refs: a job that adds itself meanwhile makes the transaction run again.
+            self.redis.transaction(drop, refs)

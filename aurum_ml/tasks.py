@@ -1,0 +1,139 @@
+"""Thin Celery tasks: deserialise, call the stage, return JSON. Logic lives in ``stages``.
+
+``score_face.delay(image_b64, user_id="u1")`` validates the input, stores the image in
+Redis under its content hash and replaces itself with the flat chain
+``detect → embed → score → store``; the caller's AsyncResult resolves to the store stage's
+result (a :class:`~aurum_ml.schemas.Result` as a dict). Bad input is a ``rejected`` result;
+infrastructure failures are retried with backoff, then re-raised by ``.get()`` as an
+exception from :mod:`aurum_ml.errors`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from celery import Task, chain
+
+from aurum_ml import stages
+from aurum_ml.celery_app import app
+from aurum_ml.errors import BadInput, PermanentError, RetryableError
+from aurum_ml.imaging import decode_base64, inspect_image
+from aurum_ml.runtime import get_runtime
+from aurum_ml.schemas import Job, Result
+
+__all__ = ["detect", "embed", "score", "score_face", "store"]
+
+MAX_USER_ID = 128
+
+
+class PipelineTask(Task):
+    """Retry policy, declared once: retryable errors back off exponentially with jitter
+    (cap and count from celeryconfig's task_annotations); permanent ones fail at once."""
+
+    autoretry_for = (RetryableError,)
+    dont_autoretry_for = (PermanentError,)
+    retry_backoff = True
+    retry_jitter = True
+
+
+class IntakeTask(PipelineTask):
+    """Keeps the image out of logs, events and Flower: its argument is shown redacted."""
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        args = tuple(args or ())
+        kwargs = dict(kwargs or {})
+        shown_args = [_redact(a) if i == 0 else a for i, a in enumerate(args)]
+        shown_kwargs = {k: _redact(v) if k == "image_b64" else v for k, v in kwargs.items()}
+        options.setdefault("argsrepr", repr(tuple(shown_args)))
+        options.setdefault("kwargsrepr", repr(shown_kwargs))
+        return super().apply_async(args, kwargs, **options)
+
+
+def _redact(image: Any) -> str:
+    size = len(image) if isinstance(image, str | bytes) else 0
+    return f"<image: {size} base64 chars>"
+
+
+def _dump(model: Job | Result) -> dict[str, Any]:
+    return model.model_dump(mode="json")
+
+
+def _rejection(job_id: str, user_id: Any, exc: BadInput) -> dict[str, Any]:
+    return _dump(
+        Result(
+            job_id=job_id,
+            status="rejected",
+            reason=exc.reason,
+            message=exc.message,
+            user_id=str(user_id)[:MAX_USER_ID],
+        )
+    )
+
+
+@app.task(bind=True, base=IntakeTask, name="aurum_ml.score_face")
+def score_face(
+    self: Task, image_b64: str, user_id: str, allow_multiple_faces: bool | None = None
+) -> Any:
+    """Score the face in a base64 image for ``user_id``. See the module docstring."""
+    runtime = get_runtime()
+    job_id = self.request.id
+    try:
+        if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > MAX_USER_ID:
+            raise BadInput(f"user_id must be a non-empty string of at most {MAX_USER_ID} chars")
+        data = decode_base64(image_b64, runtime.settings)
+        inspect_image(data, runtime.settings)
+    except BadInput as exc:
+        return _rejection(job_id, user_id, exc)
+    sha256 = hashlib.sha256(data).hexdigest()
+    runtime.state.put_image(sha256, data, job_id)
+    job = Job(
+        job_id=job_id,
+        status="pending",
+        user_id=user_id,
+        image_sha256=sha256,
+        allow_multiple_faces=(
+            runtime.settings.allow_multiple_faces
+            if allow_multiple_faces is None
+            else bool(allow_multiple_faces)
+        ),
+        submitted_at=time.time(),
+    )
+    return self.replace(chain(detect.s(_dump(job)), embed.s(), score.s(), store.s()))
+
+
+@app.task(bind=True, base=PipelineTask, name="aurum_ml.detect")
+def detect(self: Task, job: dict[str, Any]) -> dict[str, Any]:
+    rt = get_runtime()
+    return _dump(
+        stages.detect(
+            Job.model_validate(job), state=rt.state, backend=rt.backend, settings=rt.settings
+        )
+    )
+
+
+@app.task(bind=True, base=PipelineTask, name="aurum_ml.embed")
+def embed(self: Task, job: dict[str, Any]) -> dict[str, Any]:
+    rt = get_runtime()
+    return _dump(
+        stages.embed(
+            Job.model_validate(job), state=rt.state, backend=rt.backend, settings=rt.settings
+        )
+    )
+
+
+@app.task(bind=True, base=PipelineTask, name="aurum_ml.score")
+def score(self: Task, job: dict[str, Any]) -> dict[str, Any]:
+    rt = get_runtime()
+    return _dump(
+        stages.score(Job.model_validate(job), state=rt.state, index=rt.index, settings=rt.settings)
+    )
+
+
+@app.task(bind=True, base=PipelineTask, name="aurum_ml.store")
+def store(self: Task, job: dict[str, Any]) -> dict[str, Any]:
+    rt = get_runtime()
+    return _dump(
+        stages.store(Job.model_validate(job), state=rt.state, vectors=rt.vectors, index=rt.index)
+    )

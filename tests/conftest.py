@@ -1,0 +1,85 @@
+"""Shared fixtures: real Redis, a real in-process Celery worker, real models, real photos.
+
+The environment is set here, before any test imports aurum_ml, so that the process-wide
+settings (and celeryconfig) point at the test Redis database and a throw-away Qdrant folder.
+``AURUM_TEST_REDIS`` chooses the Redis database (default 127.0.0.1:6379/14); it is flushed
+at the start of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+TEST_REDIS = os.environ.get("AURUM_TEST_REDIS", "redis://127.0.0.1:6379/14")
+_QDRANT_DIR = tempfile.mkdtemp(prefix="aurum-test-qdrant-")
+for _name in ("QDRANT_URL", "QDRANT_API_KEY", "AURUM_DATA_DIR"):
+    os.environ.pop(_name, None)
+os.environ.update(
+    {
+        "AURUM_BROKER_URL": TEST_REDIS,
+        "AURUM_RESULT_BACKEND": TEST_REDIS,
+        "AURUM_REDIS_URL": TEST_REDIS,
+        "QDRANT_PATH": _QDRANT_DIR,
+        "TASK_MAX_RETRIES": "2",
+        "RETRY_BACKOFF_MAX": "2",
+    }
+)
+
+from photos import fetch  # noqa: E402  (after the environment is set)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_QDRANT_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def photos() -> Path:
+    return fetch()
+
+
+@pytest.fixture(scope="session")
+def redis_client():
+    import redis
+
+    client = redis.Redis.from_url(TEST_REDIS)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.exit(f"Redis is not running at {TEST_REDIS} (start it: see README)", returncode=3)
+    client.flushdb()
+    return client
+
+
+@pytest.fixture(scope="session")
+def runtime(redis_client):
+    from aurum_ml.runtime import get_runtime
+
+    return get_runtime()
+
+
+@pytest.fixture(scope="session")
+def settings(runtime):
+    return runtime.settings
+
+
+@pytest.fixture(scope="session")
+def model(runtime):
+    runtime.backend.warm_up()
+    return runtime.backend
+
+
+@pytest.fixture(scope="module")
+def pipeline_worker(runtime, model) -> Iterator[object]:
+    """A real worker thread consuming every queue of the pipeline, on the test Redis."""
+    from aurum_ml.celery_app import app
+    from aurum_ml.embedded import run_worker
+    from celeryconfig import QUEUES
+
+    with run_worker(app, QUEUES, hostname="test-all@localhost") as worker:
+        yield worker

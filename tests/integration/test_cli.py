@@ -1,0 +1,83 @@
+"""`aurum-ml score` on the embedded default, as a user runs it: a subprocess with no broker,
+no Redis and no Qdrant server configured; the population persists in AURUM_DATA_DIR."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from samples import no_face
+
+CLI = [sys.executable, "-m", "aurum_ml.cli"]
+_OURS = ("AURUM_", "QDRANT_", "TASK_", "RETRY_")
+
+
+@pytest.fixture()
+def data_dir(tmp_path):
+    yield tmp_path / "data"
+    shutil.rmtree(tmp_path / "data", ignore_errors=True)
+
+
+def _run(args: list[str], data_dir: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_OURS)}
+    env["AURUM_DATA_DIR"] = str(data_dir)
+    return subprocess.run(CLI + args, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_embedded_default_end_to_end(photos, data_dir, tmp_path):
+    blank = tmp_path / "no_face.jpg"
+    blank.write_bytes(no_face(photos))
+    first = _run(
+        [
+            "score",
+            "--json",
+            str(photos / "obama.jpg"),
+            str(blank),
+            str(tmp_path / "missing.jpg"),
+            str(photos / "biden.jpg"),
+        ],
+        data_dir,
+    )
+    assert first.returncode == 0, first.stderr
+    results = json.loads(first.stdout)
+    assert [r["status"] for r in results] == ["scored", "rejected", "rejected", "scored"]
+    assert [r["reason"] for r in results] == [None, "no_face", "invalid_image", None]
+    assert results[0]["user_id"] == "obama" and results[3]["user_id"] == "biden"
+    assert {results[0]["total_faces"], results[3]["total_faces"]} == {1, 2}
+    assert "missing.jpg" in results[2]["message"]
+    assert (data_dir / "qdrant").is_dir()
+
+    # a second run sees the population of the first (the index is rebuilt from the folder)
+    second = _run(["score", "--json", str(photos / "obama2.jpg")], data_dir)
+    assert second.returncode == 0, second.stderr
+    (again,) = json.loads(second.stdout)
+    assert again["status"] == "scored" and again["total_faces"] == 3
+
+    # the table is readable, and one user id can be given for all images
+    table = _run(
+        ["score", "--user-id", "u-table", str(photos / "obama3.jpg"), str(blank)], data_dir
+    )
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.strip().splitlines()
+    assert lines[0].startswith("obama3.jpg") and " scored " in lines[0] and "/4 " in lines[0]
+    assert lines[1].startswith("no_face.jpg") and "rejected  no_face" in lines[1]
+    assert "WARNING" not in table.stderr
+
+
+def test_a_held_qdrant_folder_is_a_clear_configuration_error(photos, data_dir):
+    from qdrant_client import QdrantClient
+
+    (data_dir / "qdrant").mkdir(parents=True)
+    holder = QdrantClient(path=str(data_dir / "qdrant"))
+    try:
+        out = _run(["score", str(photos / "obama.jpg")], data_dir)
+    finally:
+        holder.close()
+    assert out.returncode == 2
+    assert "held by another process" in out.stderr and "QDRANT_URL" in out.stderr
