@@ -102,3 +102,14 @@ def test_weak_detections_are_dropped_by_the_minimum_score(runtime, photos):
     image = read_rgb(photos / "obama_partial_face2.jpg")  # scores ~0.96
     strict = LocalFaceModel(runtime.settings.model_copy(update={"detect_min_score": 1.5}))
     assert strict.detect(image) == []
+
+
+def test_the_cnn_detector_option_finds_the_same_face(runtime, photos):
+    from aurum_ml.backends.local import LocalFaceModel
+
+    image = cv2.resize(read_rgb(photos / "obama.jpg"), (455, 568))  # CNN is slow: a small copy
+    hog_face = LocalFaceModel(runtime.settings).detect(image)[0]
+    cnn = LocalFaceModel(runtime.settings.model_copy(update={"detector": "cnn"}))
+    (cnn_face,) = cnn.detect(image)
+    assert _iou(cnn_face.box, hog_face.box) > 0.5
+    assert np.abs(np.array(cnn_face.landmarks) - np.array(hog_face.landmarks)).max() < 10
