@@ -52,6 +52,7 @@ task_routes = {
     "aurum_ml.embed": {"queue": "embed", "routing_key": "embed"},
     "aurum_ml.score": {"queue": "score", "routing_key": "score"},
     "aurum_ml.store": {"queue": "store", "routing_key": "store"},
+    "aurum_ml.*": {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
 }
 
 # --- delivery: no job lost to a crashed worker --------------------------------------------
@@ -71,7 +72,16 @@ _LIMITS = {
     "aurum_ml.embed": (30, 45),
     "aurum_ml.score": (30, 45),
     "aurum_ml.store": (30, 45),
+    "aurum_ml.rerank": (1800, 1860),
+    "aurum_ml.get_score": (30, 45),
+    "aurum_ml.similar": (30, 45),
+    "aurum_ml.leaderboard": (30, 45),
+    "aurum_ml.stats": (30, 45),
+    "aurum_ml.forget_user": (120, 150),
 }
+# The middle stages' results only feed the next stage: not stored (less Redis traffic, no
+# face data lingering in the backend); their errors are, so a failure reaches the caller.
+_MIDDLE_STAGES = ("aurum_ml.detect", "aurum_ml.embed", "aurum_ml.score")
 task_annotations = {
     name: {
         "soft_time_limit": soft,
@@ -79,6 +89,11 @@ task_annotations = {
         "max_retries": _settings.task_max_retries,
         "retry_backoff_max": _settings.retry_backoff_max_s,
     }
+    | (
+        {"ignore_result": True, "store_errors_even_if_ignored": True}
+        if name in _MIDDLE_STAGES
+        else {}
+    )
     for name, (soft, hard) in _LIMITS.items()
 }
 
@@ -93,6 +108,11 @@ result_backend_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT}
 if _settings.embedded:
     # memory:// polls; the default 1 s poll makes every stage wait up to a second.
     broker_transport_options["polling_interval"] = 0.01
+
+# --- schedule: run exactly one beat (`celery -A aurum_ml beat`); the tasks are idempotent --
+beat_schedule = {
+    "rerank": {"task": "aurum_ml.rerank", "schedule": _settings.rerank_interval_s},
+}
 
 # --- monitoring (Flower) -------------------------------------------------------------------
 worker_send_task_events = True

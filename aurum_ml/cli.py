@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,154 @@ def score_command(
             click.echo(_row(str(path), out))
     if any(out["status"] == "error" for out in results):
         sys.exit(1)
+
+
+def _query(task_name: str, function: Callable[..., Any], *args: Any, timeout: float = 120) -> Any:
+    """Run a query on the embedded default (directly, on the restored state) or as a task
+    on the cluster's maintenance queue."""
+    try:
+        settings = get_settings()
+    except ValueError as exc:
+        raise click.ClickException(f"configuration: {exc}") from None
+    from aurum_ml.celery_app import app
+    from aurum_ml.runtime import get_runtime
+
+    try:
+        if settings.embedded:
+            from aurum_ml.embedded import restore
+
+            runtime = get_runtime()
+            try:
+                restore(runtime)
+                return function(runtime, *args)
+            finally:
+                runtime.vectors.close()
+        import aurum_ml.tasks  # noqa: F401  (registers the tasks)
+
+        result = app.tasks[task_name].delay(*args)
+        try:
+            return result.get(timeout=timeout)
+        finally:
+            result.forget()  # read once: no user data left behind in the result backend
+    except ConfigError as exc:
+        click.echo(f"configuration: {exc}", err=True)
+        sys.exit(2)
+
+
+def _emit(data: Any, as_json: bool, lines: Callable[[Any], list[str]]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        for line in lines(data):
+            click.echo(line)
+
+
+_SAME = "  same person?"
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@main.command("get-score")
+@click.argument("user_id")
+@_json_option
+def get_score_command(user_id: str, as_json: bool) -> None:
+    """The latest score of USER_ID, as it stands now."""
+    from aurum_ml.queries import get_score
+
+    out = _query("aurum_ml.get_score", get_score, user_id)
+    if out is None:
+        click.echo(f"no stored face for {user_id}", err=True)
+        sys.exit(3)
+    _emit(
+        out,
+        as_json,
+        lambda r: [
+            f"{r['user_id']}: score {r['score']} (rank {r['rank']}/{r['total_faces']}), "
+            f"confidence {r.get('confidence')}, vibes {', '.join(r.get('vibes') or [])}"
+        ],
+    )
+
+
+@main.command("similar")
+@click.argument("user_id")
+@click.option("-k", default=10, show_default=True, help="How many other users.")
+@_json_option
+def similar_command(user_id: str, k: int, as_json: bool) -> None:
+    """The other users whose faces are nearest to USER_ID's latest face."""
+    from aurum_ml.queries import similar
+
+    out = _query("aurum_ml.similar", similar, user_id, k)
+    _emit(
+        out,
+        as_json,
+        lambda rows: (
+            [
+                f"{r['user_id']:<30} {r['distance']:.3f}{_SAME if r['same_person'] else ''}"
+                for r in rows
+            ]
+            or [f"no other faces near {user_id}"]
+        ),
+    )
+
+
+@main.command("leaderboard")
+@click.option("--limit", default=10, show_default=True)
+@_json_option
+def leaderboard_command(limit: int, as_json: bool) -> None:
+    """The most typical faces, one per user."""
+    from aurum_ml.queries import leaderboard
+
+    out = _query("aurum_ml.leaderboard", leaderboard, limit)
+    _emit(
+        out,
+        as_json,
+        lambda rows: [f"{r['position']:>3}. {r['user_id']:<30} {r['score']:>5.1f}" for r in rows],
+    )
+
+
+@main.command("stats")
+@_json_option
+def stats_command(as_json: bool) -> None:
+    """Population statistics per model."""
+    from aurum_ml.queries import stats
+
+    out = _query("aurum_ml.stats", stats)
+
+    def lines(data: dict[str, Any]) -> list[str]:
+        rows = []
+        for model, entry in data["models"].items():
+            dist = entry["distribution"] or {}
+            rows.append(
+                f"{model}: {entry['count']} faces; scores mean {dist.get('mean')}, "
+                f"std {dist.get('std')}, median {dist.get('p50')}"
+            )
+        return rows
+
+    _emit(out, as_json, lines)
+
+
+@main.command("rerank")
+@_json_option
+def rerank_command(as_json: bool) -> None:
+    """Recompute every face's score against today's population."""
+    from aurum_ml.rerank import rerank
+
+    out = _query("aurum_ml.rerank", lambda runtime: rerank(runtime).as_dict())
+    _emit(out, as_json, lambda r: [f"re-ranked {r['faces']} faces in {r['seconds']} s"])
+
+
+@main.command("forget")
+@click.argument("user_id")
+@_json_option
+def forget_command(user_id: str, as_json: bool) -> None:
+    """Erase everything held about USER_ID."""
+    from aurum_ml.forget import forget_user
+
+    out = _query("aurum_ml.forget_user", forget_user, user_id)
+    _emit(
+        out,
+        as_json,
+        lambda r: [f"forgot {user_id}: {r['points']} faces, {r['results']} results"],
+    )
 
 
 def _collect(

@@ -2,8 +2,8 @@
 
 The embedded default (no ``AURUM_BROKER_URL``) runs the same tasks, queues and chain as a
 cluster, on a ``memory://`` broker with one worker thread pool consuming every queue; the
-pipeline state is an in-process fakeredis whose score index is rebuilt from the local
-Qdrant folder at start, so the population carries over between runs.
+pipeline state is an in-process fakeredis whose score index and cooldowns are rebuilt from
+the local Qdrant folder at start, so the population carries over between runs.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from celery import Celery
 from celery.result import _set_task_join_will_block
 from celery.worker import WorkController
 
+from aurum_ml.rerank import rerank
 from aurum_ml.runtime import Runtime
 
 __all__ = ["run_worker", "start_embedded"]
@@ -59,6 +60,21 @@ def run_worker(
         thread.join(shutdown_timeout)
 
 
+def restore(runtime: Runtime) -> None:
+    """Rebuild the in-process state from the Qdrant folder: the score index (a re-rank)
+    and the users' cooldowns."""
+    rerank(runtime)
+    latest: dict[str, dict] = {}
+    for _, _, payload in runtime.vectors.points(with_payload=True):
+        user = payload.get("user_id")
+        if user and payload.get("stored_at", 0) >= latest.get(user, {}).get("stored_at", 0):
+            latest[user] = payload
+    for user, payload in latest.items():
+        runtime.users.restore(
+            user, payload["image_sha256"], payload["job_id"], payload["stored_at"]
+        )
+
+
 @contextlib.contextmanager
 def start_embedded(app: Celery, runtime: Runtime) -> Iterator[Runtime]:
     """The whole pipeline in this process, on ``runtime`` (embedded settings)."""
@@ -66,7 +82,7 @@ def start_embedded(app: Celery, runtime: Runtime) -> Iterator[Runtime]:
 
     if not runtime.settings.embedded:
         raise RuntimeError("start_embedded needs the embedded default (no AURUM_BROKER_URL)")
-    runtime.index.rebuild(runtime.vectors.points())
+    restore(runtime)
     with run_worker(app, QUEUES):
         try:
             yield runtime

@@ -37,6 +37,7 @@ Reason = Literal[
     "multiple_faces",
     "face_too_small",
     "low_quality",
+    "cooldown",
 ]
 
 __all__ = [

@@ -3,28 +3,40 @@ with the population.
 
 Per model, in Redis:
 
-- ``aurum:index:{model}:sum``   hash: the running sum of the stored faces' unit embeddings
+- ``aurum:index:{model}:sum``    hash: the running sum of the stored faces' unit embeddings
   (fields ``"0"`` … ``"127"``) and their count ``"n"``;
-- ``aurum:index:{model}:rank``  sorted set: point id → typicality when it was stored.
+- ``aurum:index:{model}:rank``   sorted set: point id → typicality;
+- ``aurum:index:{model}:stats``  the score distribution as of the last re-rank (JSON);
+- ``aurum:index:{model}:vibes``  the vibe reference (see :mod:`aurum_ml.vibes`);
+- ``aurum:index:{model}:gone``   point ids forgotten recently, so a re-rank that read them
+  from Qdrant a moment before they were deleted does not bring them back.
 
 Typicality is the cosine similarity of a face's unit embedding to the population centroid
-(the mean of the unit embeddings, this face included). Placing a face reads the sum (one
-HGETALL) and counts the sorted set (ZCOUNT, O(log N)): no scan of the vectors. As faces
-arrive the centroid drifts and stored typicalities go stale; :meth:`ScoreIndex.rebuild`
-recomputes them all from the vectors (the embedded default calls it at start).
+(the mean of the unit embeddings). Percentile = share of the population at or below it,
+ties counting half: ``(below + ½·tied_others + 1) / total``; rank 1 = most typical.
+Placing a face reads the sum (one HGETALL) and counts the sorted set (ZCOUNT, O(log N)).
+As faces arrive the centroid drifts and stored typicalities go stale; the re-rank
+(:mod:`aurum_ml.rerank`) recomputes them all and swaps them in with :meth:`replace`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import redis
 
+from aurum_ml.schemas import Distribution
 from aurum_ml.state import redis_errors
+from aurum_ml.vibes import VibeReference
 
-__all__ = ["Placement", "ScoreIndex", "unit"]
+__all__ = ["Placement", "ScoreIndex", "midrank_percentiles", "score_of", "unit"]
+
+_CHUNK = 5000
+GONE_TTL_S = 86400
 
 
 def unit(vector: np.ndarray) -> np.ndarray:
@@ -34,10 +46,24 @@ def unit(vector: np.ndarray) -> np.ndarray:
     return v / norm if norm > 0 else v
 
 
+def score_of(percentile: float) -> float:
+    """The 0–100 score of a 0–1 percentile, one decimal (one rounding rule everywhere)."""
+    return round(100 * float(percentile), 1)
+
+
+def midrank_percentiles(values: np.ndarray) -> np.ndarray:
+    """For each value: (below + ½·tied_others + 1) / n — the same rule as :meth:`place`."""
+    order = np.sort(values)
+    below = np.searchsorted(order, values, side="left")
+    at_or_below = np.searchsorted(order, values, side="right")
+    tied_others = at_or_below - below - 1
+    return (below + 0.5 * tied_others + 1) / len(values)
+
+
 @dataclass(frozen=True)
 class Placement:
-    """Where a face stands: ``percentile`` 0–1 (share of faces at or below its typicality),
-    ``rank`` 1 = most typical, ``total`` faces including this one."""
+    """Where a face stands: ``percentile`` 0–1, ``rank`` 1 = most typical, ``total`` faces
+    including this one."""
 
     typicality: float
     percentile: float
@@ -47,18 +73,30 @@ class Placement:
 
 class ScoreIndex:
     def __init__(self, client: redis.Redis, model: str, dim: int) -> None:
-        self.redis = client
+        self.redis: Any = client  # redis-py's return types are unions; we use bytes
+        self.model = model
         self.dim = dim
-        self._sum_key = f"aurum:index:{model}:sum"
-        self._rank_key = f"aurum:index:{model}:rank"
+        prefix = f"aurum:index:{model}"
+        self._sum_key = f"{prefix}:sum"
+        self._rank_key = f"{prefix}:rank"
+        self._stats_key = f"{prefix}:stats"
+        self._vibes_key = f"{prefix}:vibes"
+        self._gone_key = f"{prefix}:gone"
 
+    # --- reading --------------------------------------------------------------------------
     def _read_sum(self) -> tuple[np.ndarray, int]:
-        raw: dict[bytes, bytes] = self.redis.hgetall(self._sum_key)  # type: ignore[assignment]
+        raw: dict[bytes, bytes] = self.redis.hgetall(self._sum_key)
         total = np.zeros(self.dim, dtype=np.float64)
         for field, value in raw.items():
             if field != b"n":
                 total[int(field)] = float(value)
         return total, int(raw.get(b"n", 0))
+
+    def centroid(self) -> np.ndarray | None:
+        """The mean of the stored unit embeddings, or None for an empty population."""
+        with redis_errors():
+            total, n = self._read_sum()
+        return total / n if n else None
 
     def place(self, point_id: str, embedding: np.ndarray) -> Placement:
         """Typicality and standing of a face, as if it were stored (it may already be)."""
@@ -69,22 +107,93 @@ class ScoreIndex:
             if stored is None:  # not in the population yet: count it in
                 total_sum, n = total_sum + u, n + 1
             typicality = float(u @ unit(total_sum))
-            others = self.redis.zcard(self._rank_key) - (stored is not None)
-            at_or_below = self.redis.zcount(self._rank_key, "-inf", typicality)
-        if stored is not None and stored <= typicality:
-            at_or_below -= 1  # do not count its own earlier entry
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zcard(self._rank_key)
+                pipe.zcount(self._rank_key, "-inf", f"({typicality!r}")
+                pipe.zcount(self._rank_key, typicality, typicality)
+                members, below, tied = pipe.execute()
+        others = members - (stored is not None)
+        if stored is not None:  # do not count its own earlier entry
+            if stored < typicality:
+                below -= 1
+            elif stored == typicality:
+                tied -= 1
         return Placement(
             typicality=typicality,
-            percentile=(at_or_below + 1) / (others + 1),
-            rank=others - at_or_below + 1,
+            percentile=(below + 0.5 * tied + 1) / (others + 1),
+            rank=others - below - tied + 1,
             total=others + 1,
         )
 
+    def standing(self, point_id: str) -> Placement | None:
+        """Where a stored face stands now, by its stored typicality; None if not stored."""
+        with redis_errors():
+            typicality = self.redis.zscore(self._rank_key, point_id)
+            if typicality is None:
+                return None
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zcard(self._rank_key)
+                pipe.zcount(self._rank_key, "-inf", f"({typicality!r}")
+                pipe.zcount(self._rank_key, typicality, typicality)
+                total, below, tied = pipe.execute()
+        tied -= 1
+        return Placement(
+            typicality=typicality,
+            percentile=(below + 0.5 * tied + 1) / total,
+            rank=total - below - tied,
+            total=total,
+        )
+
+    def top(self, limit: int) -> list[tuple[str, float]]:
+        """The ``limit`` most typical faces, plus any tied with the last one."""
+        with redis_errors():
+            head = self.redis.zrevrange(self._rank_key, 0, max(0, limit - 1), withscores=True)
+            if len(head) < limit or not head:
+                return [(m.decode(), s) for m, s in head]
+            last = head[-1][1]
+            tail = self.redis.zrevrangebyscore(self._rank_key, last, last, withscores=True)
+        seen = {m for m, _ in head}
+        return [(m.decode(), s) for m, s in [*head, *(t for t in tail if t[0] not in seen)]]
+
+    def count(self) -> int:
+        with redis_errors():
+            return int(self.redis.zcard(self._rank_key))
+
+    def members(self) -> set[str]:
+        with redis_errors():
+            return {m.decode() for m in self.redis.zrange(self._rank_key, 0, -1)}
+
+    def stats(self) -> dict[str, Any] | None:
+        """``{"distribution": …, "thresholds": …}`` as of the last re-rank, or None."""
+        with redis_errors():
+            raw = self.redis.get(self._stats_key)
+        return None if raw is None else json.loads(raw)
+
+    def distribution(self) -> Distribution | None:
+        stats = self.stats()
+        return None if stats is None else Distribution.model_validate(stats["distribution"])
+
+    def vibe_reference(self) -> VibeReference | None:
+        """The frozen reference if there is one, else one from the running centroid."""
+        with redis_errors():
+            raw: dict[bytes, bytes] = self.redis.hgetall(self._vibes_key)
+        if raw:
+            return VibeReference(
+                center=np.frombuffer(raw[b"center"], dtype=np.float64).copy(),
+                scale=np.frombuffer(raw[b"scale"], dtype=np.float64).copy(),
+                frozen=True,
+            )
+        center = self.centroid()
+        if center is None:
+            return None
+        return VibeReference(center=center, scale=np.ones(10))
+
+    # --- writing --------------------------------------------------------------------------
     def add(self, point_id: str, embedding: np.ndarray, typicality: float) -> bool:
         """Count a stored face in; False if it already was (safe to call twice)."""
         u = unit(embedding)
 
-        def add_once(pipe: redis.client.Pipeline) -> bool:
+        def add_once(pipe: Any) -> bool:
             if pipe.zscore(self._rank_key, point_id) is not None:
                 return False
             pipe.multi()
@@ -97,35 +206,90 @@ class ScoreIndex:
         with redis_errors():
             # WATCH the sorted set: two store workers adding the same face add it once.
             added = self.redis.transaction(
-                add_once,  # type: ignore[arg-type]
+                add_once,
                 self._rank_key,
                 value_from_callable=True,
             )
             return bool(added)
 
-    def count(self) -> int:
-        with redis_errors():
-            return int(self.redis.zcard(self._rank_key))
+    def remove(self, faces: Sequence[tuple[str, np.ndarray]]) -> int:
+        """Take faces out (their sums too) and remember them as gone. Returns how many
+        were in the index."""
 
-    def rebuild(self, points: Iterable[tuple[str, np.ndarray]]) -> int:
-        """Replace the index with these (point id, embedding) pairs; typicalities are
-        recomputed against their common centroid. Returns the number of faces."""
-        ids: list[str] = []
-        vectors: list[np.ndarray] = []
-        for point_id, embedding in points:
-            ids.append(point_id)
-            vectors.append(unit(embedding))
-        with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._sum_key, self._rank_key)
+        def remove_all(pipe: Any) -> int:
+            present = [
+                (pid, vec) for pid, vec in faces if pipe.zscore(self._rank_key, pid) is not None
+            ]
+            pipe.multi()
+            for pid, vec in present:
+                pipe.zrem(self._rank_key, pid)
+                for i, value in enumerate(unit(vec)):
+                    pipe.hincrbyfloat(self._sum_key, str(i), -float(value))
+                pipe.hincrby(self._sum_key, "n", -1)
+            if faces:
+                pipe.sadd(self._gone_key, *(pid for pid, _ in faces))
+                pipe.expire(self._gone_key, GONE_TTL_S)
+            return len(present)
+
+        with redis_errors():
+            removed = self.redis.transaction(
+                remove_all,
+                self._rank_key,
+                value_from_callable=True,
+            )
+            return int(removed)
+
+    def gone(self) -> set[str]:
+        with redis_errors():
+            return {m.decode() for m in self.redis.smembers(self._gone_key)}
+
+    def freeze_vibe_reference(self, reference: VibeReference) -> bool:
+        """Store the reference once; False if one was already frozen."""
+        with redis_errors():
+            created = self.redis.hsetnx(self._vibes_key, "center", reference.center.tobytes())
+            if created:
+                self.redis.hset(self._vibes_key, "scale", reference.scale.tobytes())
+        return bool(created)
+
+    def replace(
+        self,
+        build: Callable[[set[str]], tuple[Iterable[str], np.ndarray, np.ndarray, dict[str, Any]]],
+    ) -> None:
+        """Swap in a recomputed index atomically.
+
+        ``build(live_members)`` returns (point ids, their unit embeddings (rows), their
+        typicalities, stats) for the membership it decides on; it runs again if a store or
+        a forget changed the live index meanwhile (WATCH on the sorted set).
+        """
+
+        def swap(pipe: Any) -> None:
+            live = {m.decode() for m in pipe.zrange(self._rank_key, 0, -1)}
+            ids, units, typicalities, stats = build(live)
+            ids = list(ids)
+            total = units.sum(axis=0) if len(ids) else np.zeros(self.dim)
+            pipe.multi()
+            pipe.delete(self._sum_key, self._rank_key, self._stats_key)
             if ids:
-                matrix = np.vstack(vectors)
-                total_sum = matrix.sum(axis=0)
-                typicalities = matrix @ unit(total_sum)
                 sums: dict[str | bytes, str | int] = {
-                    str(i): repr(float(v)) for i, v in enumerate(total_sum)
+                    str(i): repr(float(v)) for i, v in enumerate(total)
                 }
                 sums["n"] = len(ids)
-                pipe.hset(self._sum_key, mapping=sums)  # type: ignore[arg-type]
-                pipe.zadd(self._rank_key, dict(zip(ids, map(float, typicalities), strict=True)))
-            pipe.execute()
-        return len(ids)
+                pipe.hset(self._sum_key, mapping=sums)
+                for start in range(0, len(ids), _CHUNK):
+                    chunk = slice(start, start + _CHUNK)
+                    pairs = zip(ids[chunk], typicalities[chunk], strict=True)
+                    pipe.zadd(self._rank_key, {pid: float(t) for pid, t in pairs})
+                pipe.set(self._stats_key, json.dumps(stats))
+
+        with redis_errors():
+            self.redis.transaction(swap, self._rank_key)
+
+    def clear(self) -> None:
+        with redis_errors():
+            self.redis.delete(
+                self._sum_key,
+                self._rank_key,
+                self._stats_key,
+                self._vibes_key,
+                self._gone_key,
+            )

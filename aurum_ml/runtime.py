@@ -14,6 +14,7 @@ from aurum_ml.backends.local import LocalFaceModel
 from aurum_ml.index import ScoreIndex
 from aurum_ml.settings import Settings, get_settings
 from aurum_ml.state import PipelineState, connect
+from aurum_ml.users import UserRecords
 from aurum_ml.vectors import VectorStore
 
 __all__ = ["Runtime", "build_runtime", "get_runtime", "set_runtime"]
@@ -26,6 +27,7 @@ class Runtime:
     backend: LocalFaceModel
     vectors: VectorStore
     index: ScoreIndex
+    users: UserRecords
 
 
 def build_runtime(settings: Settings, backend: LocalFaceModel | None = None) -> Runtime:
@@ -38,6 +40,12 @@ def build_runtime(settings: Settings, backend: LocalFaceModel | None = None) -> 
         backend=backend,
         vectors=VectorStore(settings, backend.model, backend.dim),
         index=ScoreIndex(client, backend.model, backend.dim),
+        users=UserRecords(
+            client,
+            cooldown_s=settings.cooldown_s,
+            pending_ttl_s=settings.image_ttl_s,
+            keep_s=settings.result_expires_s,
+        ),
     )
 
 

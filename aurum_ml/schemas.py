@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aurum_ml.errors import Reason
 
-__all__ = ["Face", "Job", "Quality", "Result", "Status", "Timings"]
+__all__ = ["Distribution", "Face", "Job", "Match", "Quality", "Result", "Status", "Timings"]
 
 Status = Literal["pending", "scored", "rejected"]
 Source = Literal["service", "local", "simulated"]
@@ -41,10 +41,37 @@ class Quality(BaseModel):
     face_height_px: int = Field(..., description="box height, px")
     sharpness: float = Field(..., description="variance of the Laplacian of the face crop")
     brightness: float = Field(..., description="mean luma of the face crop, 0–255")
+    overexposed: float = Field(0.0, description="share of the crop's pixels at luma ≥ 250")
     roll_deg: float = Field(..., description="eye-line angle from horizontal, degrees")
     nose_offset: float = Field(
-        ..., description="nose off the eyes' midline, in eye distances (0 = frontal)"
+        ..., description="nose off the eyes' midpoint along the eye line, in eye distances"
     )
+    issues: list[str] = Field(
+        default_factory=list, description="quality-gate codes failed (see aurum_ml.quality)"
+    )
+
+
+class Distribution(BaseModel):
+    """Stored scores (0–100) of the population, as of the last re-rank."""
+
+    count: int
+    mean: float
+    std: float
+    p10: float
+    p25: float
+    p50: float
+    p75: float
+    p90: float
+    p95: float
+    p99: float
+
+
+class Match(BaseModel):
+    """Another user's face within the same-person distance."""
+
+    user_id: str
+    point_id: str
+    distance: float = Field(..., description="Euclidean distance of the embeddings")
 
 
 class Timings(BaseModel):
@@ -78,6 +105,17 @@ class Result(BaseModel):
     model: str | None = None
     source: Source | None = None
     timings_ms: Timings = Field(default_factory=Timings)
+    confidence: float | None = Field(
+        None, description="0–1: 0.7 × weighted quality + 0.3 × min(1, total_faces / 1000)"
+    )
+    distribution: Distribution | None = None
+    vibes: list[str] = Field(default_factory=list, description="up to 3 vibe tags")
+    matches: list[Match] = Field(
+        default_factory=list, description="other users' faces within the same-person distance"
+    )
+    next_allowed_at: str | None = Field(
+        None, description="with reason cooldown: ISO time from which a new photo is scored"
+    )
 
 
 class Job(Result):

@@ -52,8 +52,29 @@ class Settings(BaseSettings):
     detect_upsample: int = Field(0, ge=0, le=2, validation_alias="DETECT_UPSAMPLE")
     detect_max_side: int = Field(1280, ge=160, validation_alias="DETECT_MAX_SIDE")
     detect_min_score: float = Field(0.4, validation_alias="DETECT_MIN_SCORE")
-    min_face_px: int = Field(60, ge=1, validation_alias="MIN_FACE_PX")
+    min_face_px: int = Field(48, ge=1, validation_alias="MIN_FACE_PX")
     allow_multiple_faces: bool = Field(False, validation_alias="ALLOW_MULTIPLE_FACES")
+
+    # --- quality gate (a face failing any threshold is rejected as low_quality) -----------
+    quality_gate: bool = Field(True, validation_alias="QUALITY_GATE")
+    quality_min_face_px: int = Field(64, ge=1, validation_alias="QUALITY_MIN_FACE_PX")
+    quality_min_sharpness: float = Field(40.0, ge=0, validation_alias="QUALITY_MIN_SHARPNESS")
+    quality_min_brightness: float = Field(40.0, ge=0, validation_alias="QUALITY_MIN_BRIGHTNESS")
+    quality_max_brightness: float = Field(225.0, le=255, validation_alias="QUALITY_MAX_BRIGHTNESS")
+    quality_max_overexposed: float = Field(
+        0.3, ge=0, le=1, validation_alias="QUALITY_MAX_OVEREXPOSED"
+    )
+    quality_max_roll_deg: float = Field(35.0, ge=0, validation_alias="QUALITY_MAX_ROLL_DEG")
+    quality_max_yaw: float = Field(0.4, ge=0, validation_alias="QUALITY_MAX_YAW")
+    quality_min_detection_score: float = Field(0.6, validation_alias="QUALITY_MIN_DETECTION_SCORE")
+
+    # --- population: matches, cooldown, re-ranking, vibes ---------------------------------
+    same_person_distance: float = Field(0.6, gt=0, validation_alias="SAME_PERSON_DISTANCE")
+    match_limit: int = Field(10, ge=0, le=100, validation_alias="MATCH_LIMIT")
+    cooldown_days: float = Field(30.0, ge=0, validation_alias="COOLDOWN_DAYS")
+    rerank_interval_s: float = Field(3600.0, ge=1, validation_alias="RERANK_INTERVAL")
+    rerank_batch: int = Field(1000, ge=10, le=100_000, validation_alias="RERANK_BATCH")
+    vibe_reference_min_faces: int = Field(200, ge=2, validation_alias="VIBE_REFERENCE_MIN_FACES")
 
     # --- retries (Celery autoretry; see celeryconfig.py) ---------------------------------
     task_max_retries: int = Field(5, ge=0, le=20, validation_alias="TASK_MAX_RETRIES")
@@ -109,6 +130,10 @@ class Settings(BaseSettings):
     def state_url(self) -> str | None:
         """Redis URL for pipeline state, or None for the in-process store (embedded)."""
         return self.redis_url or self.broker_url
+
+    @property
+    def cooldown_s(self) -> int:
+        return round(self.cooldown_days * 86400)
 
     @property
     def qdrant_folder(self) -> Path:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import redis
@@ -58,7 +59,7 @@ class PipelineState:
     """Images and embeddings in flight. Every method is safe to call twice."""
 
     def __init__(self, client: redis.Redis, ttl_s: int) -> None:
-        self.redis = client
+        self.redis: Any = client  # redis-py's return types are unions; we use bytes
         self.ttl_s = ttl_s
 
     @staticmethod
@@ -85,7 +86,7 @@ class PipelineState:
             data = self.redis.get(self._image_key(sha256))
         if data is None:
             raise ImageExpired("the image is no longer stored (its TTL passed); submit it again")
-        return bytes(data)  # type: ignore[arg-type]  # a bytes client (no decode_responses)
+        return bytes(data)
 
     def put_embedding(self, job_id: str, vector: np.ndarray) -> None:
         with redis_errors():
@@ -98,14 +99,23 @@ class PipelineState:
             data = self.redis.get(self._vector_key(job_id))
         if data is None:
             return None
-        return np.frombuffer(data, dtype=np.float32).copy()  # type: ignore[arg-type]
+        return np.frombuffer(data, dtype=np.float32).copy()
+
+    def drop(self, sha256s: list[str], job_ids: list[str]) -> int:
+        """Delete images and embeddings outright (erasure); returns the keys deleted."""
+        keys = [self._image_key(s) for s in sha256s] + [self._refs_key(s) for s in sha256s]
+        keys += [self._vector_key(j) for j in job_ids]
+        if not keys:
+            return 0
+        with redis_errors():
+            return int(self.redis.delete(*keys))
 
     def release(self, sha256: str, job_id: str) -> None:
         """The job is done with its image and embedding: delete them (the image only when
         no other job still needs it)."""
         refs = self._refs_key(sha256)
 
-        def drop(pipe: redis.client.Pipeline) -> None:
+        def drop(pipe: Any) -> None:
             remaining = set(pipe.smembers(refs)) - {job_id.encode()}
             pipe.multi()
             pipe.srem(refs, job_id)

@@ -16,14 +16,28 @@ from typing import Any
 
 from celery import Task, chain
 
-from aurum_ml import stages
+from aurum_ml import queries, stages
 from aurum_ml.celery_app import app
 from aurum_ml.errors import BadInput, PermanentError, RetryableError
+from aurum_ml.forget import forget_user as forget_user_everywhere
 from aurum_ml.imaging import decode_base64, inspect_image
+from aurum_ml.rerank import rerank as rerank_index
 from aurum_ml.runtime import get_runtime
 from aurum_ml.schemas import Job, Result
 
-__all__ = ["detect", "embed", "score", "score_face", "store"]
+__all__ = [
+    "detect",
+    "embed",
+    "forget_user",
+    "get_score",
+    "leaderboard",
+    "rerank",
+    "score",
+    "score_face",
+    "similar",
+    "stats",
+    "store",
+]
 
 MAX_USER_ID = 128
 
@@ -60,7 +74,7 @@ def _dump(model: Job | Result) -> dict[str, Any]:
     return model.model_dump(mode="json")
 
 
-def _rejection(job_id: str, user_id: Any, exc: BadInput) -> dict[str, Any]:
+def _rejection(job_id: str, user_id: Any, exc: BadInput, **fields: Any) -> dict[str, Any]:
     return _dump(
         Result(
             job_id=job_id,
@@ -68,6 +82,7 @@ def _rejection(job_id: str, user_id: Any, exc: BadInput) -> dict[str, Any]:
             reason=exc.reason,
             message=exc.message,
             user_id=str(user_id)[:MAX_USER_ID],
+            **fields,
         )
     )
 
@@ -79,14 +94,27 @@ def score_face(
     """Score the face in a base64 image for ``user_id``. See the module docstring."""
     runtime = get_runtime()
     job_id = self.request.id
+    if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > MAX_USER_ID:
+        message = f"user_id must be a non-empty string of at most {MAX_USER_ID} chars"
+        return _rejection(job_id, user_id, BadInput(message))
+    runtime.users.note_job(user_id, job_id)
     try:
-        if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > MAX_USER_ID:
-            raise BadInput(f"user_id must be a non-empty string of at most {MAX_USER_ID} chars")
         data = decode_base64(image_b64, runtime.settings)
         inspect_image(data, runtime.settings)
     except BadInput as exc:
         return _rejection(job_id, user_id, exc)
     sha256 = hashlib.sha256(data).hexdigest()
+    admission = runtime.users.admit(user_id, sha256, job_id)
+    if admission.verdict == "stored":  # the same photo again: its stored result
+        return admission.result
+    if admission.verdict == "cooldown":
+        days = runtime.settings.cooldown_days
+        message = (
+            f"one new photo per {days:g} days; the next can be scored from {admission.until_iso}"
+        )
+        return _rejection(
+            job_id, user_id, BadInput(message, "cooldown"), next_allowed_at=admission.until_iso
+        )
     runtime.state.put_image(sha256, data, job_id)
     job = Job(
         job_id=job_id,
@@ -135,5 +163,52 @@ def score(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 def store(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     rt = get_runtime()
     return _dump(
-        stages.store(Job.model_validate(job), state=rt.state, vectors=rt.vectors, index=rt.index)
+        stages.store(
+            Job.model_validate(job),
+            state=rt.state,
+            vectors=rt.vectors,
+            index=rt.index,
+            users=rt.users,
+            settings=rt.settings,
+        )
     )
+
+
+# --- maintenance queue: the re-rank, queries and erasure --------------------------------------
+
+
+@app.task(base=PipelineTask, name="aurum_ml.rerank")
+def rerank() -> dict[str, Any]:
+    """Recompute every stored face's typicality and score (beat-scheduled)."""
+    return rerank_index(get_runtime()).as_dict()
+
+
+@app.task(base=PipelineTask, name="aurum_ml.get_score")
+def get_score(user_id: str) -> dict[str, Any] | None:
+    return queries.get_score(get_runtime(), user_id)
+
+
+@app.task(base=PipelineTask, name="aurum_ml.similar")
+def similar(user_id: str, k: int = 10) -> list[dict[str, Any]]:
+    return queries.similar(get_runtime(), user_id, k)
+
+
+@app.task(base=PipelineTask, name="aurum_ml.leaderboard")
+def leaderboard(limit: int = 10) -> list[dict[str, Any]]:
+    return queries.leaderboard(get_runtime(), limit)
+
+
+@app.task(base=PipelineTask, name="aurum_ml.stats")
+def stats() -> dict[str, Any]:
+    return queries.stats(get_runtime())
+
+
+@app.task(base=PipelineTask, name="aurum_ml.forget_user")
+def forget_user(user_id: str) -> dict[str, Any]:
+    """Erase everything held about the user, the Celery results of their jobs included."""
+
+    def forget_results(job_ids: Any) -> None:
+        for job_id in job_ids:
+            app.AsyncResult(job_id).forget()
+
+    return forget_user_everywhere(get_runtime(), user_id, forget_results)

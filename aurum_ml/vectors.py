@@ -27,6 +27,10 @@ from aurum_ml.settings import Settings
 
 __all__ = ["VectorStore", "collection_name", "point_id"]
 
+# Local mode allows one client per folder and process: every VectorStore on a folder shares it.
+_local_clients: dict[str, Any] = {}
+_local_lock = threading.Lock()
+
 _NAMESPACE = uuid.UUID("6f0d7a52-4c1e-5d8a-9b3e-a0c1e2f3d4b5")
 
 
@@ -83,7 +87,11 @@ class VectorStore:
             folder = self.settings.qdrant_folder
             folder.mkdir(parents=True, exist_ok=True)
             try:
-                client = QdrantClient(path=str(folder))
+                with _local_lock:
+                    shared = _local_clients.get(str(folder))
+                    if shared is None:
+                        shared = _local_clients[str(folder)] = QdrantClient(path=str(folder))
+                client = shared
             except RuntimeError as exc:
                 if "already accessed" not in str(exc):
                     raise
@@ -132,21 +140,120 @@ class VectorStore:
         with self._lock, _qdrant_errors():
             return int(self._connect().count(self.collection, exact=True).count)
 
-    def points(self, batch: int = 512) -> Iterator[tuple[str, np.ndarray]]:
-        """Every (point id, vector) of the collection, in batches."""
+    def points(
+        self, batch: int = 512, with_payload: bool = False
+    ) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+        """Every (point id, vector, payload) of the collection, read in batches."""
         offset = None
         while True:
             with self._lock, _qdrant_errors():
                 records, offset = self._connect().scroll(
-                    self.collection, limit=batch, offset=offset, with_vectors=True
+                    self.collection,
+                    limit=batch,
+                    offset=offset,
+                    with_vectors=True,
+                    with_payload=with_payload,
                 )
             for record in records:
-                yield str(record.id), np.asarray(record.vector, dtype=np.float32)
+                vector = np.asarray(record.vector, dtype=np.float32)
+                yield str(record.id), vector, dict(record.payload or {})
             if offset is None:
                 return
 
+    def user_points(self, user_id: str) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
+        """All points of one user, newest first."""
+        from qdrant_client import models
+
+        only_user = models.Filter(
+            must=[models.FieldCondition(key="user_id", match=models.MatchValue(value=user_id))]
+        )
+        found: list[tuple[str, np.ndarray, dict[str, Any]]] = []
+        offset = None
+        while True:
+            with self._lock, _qdrant_errors():
+                records, offset = self._connect().scroll(
+                    self.collection,
+                    scroll_filter=only_user,
+                    limit=256,
+                    offset=offset,
+                    with_vectors=True,
+                    with_payload=True,
+                )
+            found += [
+                (str(r.id), np.asarray(r.vector, dtype=np.float32), dict(r.payload or {}))
+                for r in records
+            ]
+            if offset is None:
+                break
+        return sorted(found, key=lambda p: p[2].get("stored_at", 0.0), reverse=True)
+
+    def nearest_others(
+        self, vector: np.ndarray, user_id: str, limit: int, max_distance: float | None = None
+    ) -> list[tuple[str, float, dict[str, Any]]]:
+        """Other users' points nearest to ``vector``: (point id, distance, payload)."""
+        from qdrant_client import models
+
+        if limit <= 0:
+            return []
+        not_user = models.Filter(
+            must_not=[models.FieldCondition(key="user_id", match=models.MatchValue(value=user_id))]
+        )
+        with self._lock, _qdrant_errors():
+            response = self._connect().query_points(
+                self.collection,
+                query=vector.tolist(),
+                query_filter=not_user,
+                limit=limit,
+                with_payload=True,
+            )
+        hits = [(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+        if max_distance is not None:
+            hits = [h for h in hits if h[1] <= max_distance]
+        return sorted(hits, key=lambda h: h[1])
+
+    def payloads(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        if not ids:
+            return {}
+        with self._lock, _qdrant_errors():
+            found = self._connect().retrieve(self.collection, ids=ids, with_payload=True)
+        return {str(r.id): dict(r.payload or {}) for r in found}
+
+    def vectors_of(self, ids: list[str]) -> dict[str, np.ndarray]:
+        if not ids:
+            return {}
+        with self._lock, _qdrant_errors():
+            found = self._connect().retrieve(self.collection, ids=ids, with_vectors=True)
+        return {str(r.id): np.asarray(r.vector, dtype=np.float32) for r in found}
+
+    def set_payloads(self, updates: list[tuple[str, dict[str, Any]]]) -> None:
+        """Merge each dict into its point's payload (one request per batch)."""
+        from qdrant_client import models
+
+        if not updates:
+            return
+        operations = [
+            models.SetPayloadOperation(set_payload=models.SetPayload(payload=fields, points=[pid]))
+            for pid, fields in updates
+        ]
+        with self._lock, _qdrant_errors():
+            self._connect().batch_update_points(self.collection, operations, wait=True)
+
+    def delete(self, ids: list[str]) -> None:
+        from qdrant_client import models
+
+        if not ids:
+            return
+        with self._lock, _qdrant_errors():
+            self._connect().delete(
+                self.collection, points_selector=models.PointIdsList(points=ids), wait=True
+            )
+
     def close(self) -> None:
-        with self._lock:
+        """Close the client (for a local folder: the one every store in this process shares)."""
+        with self._lock, _local_lock:
             if self._client is not None:
                 self._client.close()
+                for folder, client in list(_local_clients.items()):
+                    if client is self._client:
+                        del _local_clients[folder]
                 self._client = None

@@ -28,6 +28,7 @@ os.environ.update(
         "QDRANT_PATH": _QDRANT_DIR,
         "TASK_MAX_RETRIES": "2",
         "RETRY_BACKOFF_MAX": "2",
+        "COOLDOWN_DAYS": "0",
     }
 )
 

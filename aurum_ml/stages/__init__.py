@@ -6,7 +6,7 @@ stage always produces the caller's result. Each is safe to run twice.
 
 from aurum_ml.stages.detect import detect
 from aurum_ml.stages.embed import embed
-from aurum_ml.stages.score import measure_quality, score
+from aurum_ml.stages.score import score
 from aurum_ml.stages.store import store
 
-__all__ = ["detect", "embed", "measure_quality", "score", "store"]
+__all__ = ["detect", "embed", "score", "store"]

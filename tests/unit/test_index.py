@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aurum_ml.index import ScoreIndex, unit
+from aurum_ml.index import ScoreIndex, midrank_percentiles, unit
 
 
 @pytest.fixture()
 def index(redis_client):
     idx = ScoreIndex(redis_client, "test-model", 128)
+    idx.clear()
     yield idx
-    redis_client.delete(idx._sum_key, idx._rank_key)
+    idx.clear()
 
 
 def _vectors(n: int, seed: int = 7) -> np.ndarray:
@@ -21,13 +22,9 @@ def _vectors(n: int, seed: int = 7) -> np.ndarray:
     return (base + rng.normal(scale=1.5, size=(n, 128))).astype(np.float32)
 
 
-def _brute_force(vectors: np.ndarray, i: int) -> tuple[float, float, int]:
-    units = np.vstack([unit(v) for v in vectors])
-    centroid = unit(units.sum(axis=0))
-    typ = units @ centroid
-    others = np.delete(typ, i)
-    at_or_below = int((others <= typ[i]).sum())
-    return float(typ[i]), (at_or_below + 1) / len(typ), len(others) - at_or_below + 1
+def _fill(index: ScoreIndex, vectors: np.ndarray) -> None:
+    for i, v in enumerate(vectors):  # arrival order: the centroid drifts as they come
+        index.add(str(i), v, index.place(str(i), v).typicality)
 
 
 def test_first_face_is_the_whole_population(index):
@@ -48,20 +45,55 @@ def test_add_is_idempotent(index):
 
 def test_placing_a_stored_face_does_not_count_it_twice(index):
     vectors = _vectors(5)
-    for i, v in enumerate(vectors):
-        index.add(str(i), v, index.place(str(i), v).typicality)
+    _fill(index, vectors)
     again = index.place("2", vectors[2])
     assert again.total == 5
 
 
-def test_rebuild_matches_brute_force_exactly(index):
+def test_ties_count_half(index):
+    vectors = _vectors(4)
+    for pid, typicality in (("a", 0.5), ("b", 0.5), ("c", 0.2), ("d", 0.9)):
+        index.add(pid, vectors["abcd".index(pid)], typicality)
+    standing = index.standing("a")
+    # below: c; tied others: b (half); itself: 1 → (1 + 0.5 + 1) / 4
+    assert standing.percentile == pytest.approx(2.5 / 4)
+    assert standing.rank == 2  # only d is more typical
+    assert list(midrank_percentiles(np.array([0.5, 0.5, 0.2, 0.9]))) == [0.625, 0.625, 0.25, 1.0]
+
+
+def test_remove_takes_the_face_and_its_sum_out(index):
+    vectors = _vectors(3)
+    _fill(index, vectors)
+    assert index.remove([("1", vectors[1]), ("nope", vectors[0])]) == 1
+    total, n = index._read_sum()
+    assert n == 2 and np.allclose(total, unit(vectors[0]) + unit(vectors[2]))
+    assert index.members() == {"0", "2"}
+    assert index.gone() == {"1", "nope"}
+
+
+def test_top_includes_every_face_tied_with_the_last(index):
+    vectors = _vectors(5)
+    for pid, typicality in zip("abcde", (0.9, 0.8, 0.8, 0.8, 0.1), strict=True):
+        index.add(pid, vectors["abcde".index(pid)], typicality)
+    assert [pid for pid, _ in index.top(2)][:1] == ["a"]
+    assert {pid for pid, _ in index.top(2)} == {"a", "b", "c", "d"}
+
+
+def test_replace_swaps_in_a_recomputed_index(index):
     vectors = _vectors(300)
-    for i, v in enumerate(vectors):  # arrival order: the centroid drifts as they come
-        index.add(str(i), v, index.place(str(i), v).typicality)
-    assert index.rebuild((str(i), v) for i, v in enumerate(vectors)) == 300
+    _fill(index, vectors)
+    units = np.vstack([unit(v) for v in vectors])
+    typicalities = units @ unit(units.sum(axis=0))
+
+    def build(live):
+        assert live == {str(i) for i in range(300)}
+        ids = [str(i) for i in range(300)]
+        return ids, units, typicalities, {"distribution": None, "thresholds": {}}
+
+    index.replace(build)
+    expected = midrank_percentiles(typicalities)
     for i in (0, 17, 150, 299):
-        typ, percentile, rank = _brute_force(vectors, i)
-        place = index.place(str(i), vectors[i])
-        assert place.typicality == pytest.approx(typ, abs=1e-9)
-        assert place.percentile == pytest.approx(percentile)
-        assert place.rank == rank and place.total == 300
+        standing = index.standing(str(i))
+        assert standing.typicality == pytest.approx(typicalities[i], abs=1e-12)
+        assert standing.percentile == pytest.approx(expected[i])
+        assert standing.rank == 1 + int((typicalities > typicalities[i]).sum())

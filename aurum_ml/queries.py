@@ -1,0 +1,120 @@
+"""Questions about the population, as plain functions of a :class:`Runtime`.
+
+Each is also a Celery task on the maintenance queue (``aurum_ml.tasks``) and a CLI command.
+They read the score index (Redis) and the vectors (Qdrant); none changes anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aurum_ml.index import score_of
+from aurum_ml.runtime import Runtime
+
+__all__ = ["get_score", "leaderboard", "similar", "stats"]
+
+
+def _standing(runtime: Runtime, point_id: str | None) -> dict[str, Any]:
+    placement = runtime.index.standing(point_id) if point_id else None
+    if placement is None:
+        return {}
+    return {
+        "score": score_of(placement.percentile),
+        "percentile": round(placement.percentile, 4),
+        "rank": placement.rank,
+        "total_faces": placement.total,
+    }
+
+
+def get_score(runtime: Runtime, user_id: str) -> dict[str, Any] | None:
+    """The user's latest scored result, with score/rank/total as they stand now; None if
+    the user has no stored face."""
+    cached = runtime.users.latest_result(user_id)
+    if cached is None or cached.get("status") != "scored":
+        points = runtime.vectors.user_points(user_id)
+        if not points:
+            return None
+        point_id, _, payload = points[0]
+        cached = {
+            "job_id": payload.get("job_id"),
+            "status": "scored",
+            "reason": None,
+            "message": None,
+            "user_id": user_id,
+            "face": payload.get("face"),
+            "quality": payload.get("quality"),
+            "point_id": point_id,
+            "model": payload.get("model"),
+            "source": payload.get("source"),
+            "confidence": payload.get("confidence"),
+            "vibes": payload.get("vibes", []),
+            "matches": [],
+            "scored_at": payload.get("created_at"),
+        }
+    summary = runtime.index.stats()
+    distribution = summary["distribution"] if summary else None
+    return cached | _standing(runtime, cached.get("point_id")) | {"distribution": distribution}
+
+
+def similar(runtime: Runtime, user_id: str, k: int = 10) -> list[dict[str, Any]]:
+    """The ``k`` other users whose faces are nearest to the user's latest face (nearest
+    first, one entry per user). Empty if the user has no stored face."""
+    points = runtime.vectors.user_points(user_id)
+    if not points or k <= 0:
+        return []
+    _, vector, _ = points[0]
+    hits = runtime.vectors.nearest_others(vector, user_id, limit=max(4 * k, 20))
+    found: dict[str, dict[str, Any]] = {}
+    for pid, distance, payload in hits:
+        other = payload.get("user_id")
+        if other and other not in found:
+            found[other] = {
+                "user_id": other,
+                "point_id": pid,
+                "distance": round(distance, 4),
+                "same_person": distance < runtime.settings.same_person_distance,
+            }
+    return list(found.values())[:k]
+
+
+def leaderboard(runtime: Runtime, limit: int = 10) -> list[dict[str, Any]]:
+    """The most typical faces, one per user (their best), ties broken by the earlier
+    stored time."""
+    if limit <= 0:
+        return []
+    window = limit
+    while True:
+        top = runtime.index.top(window)
+        payloads = runtime.vectors.payloads([pid for pid, _ in top])
+        ordered = sorted(
+            ((t, payloads[pid].get("stored_at", 0.0), pid) for pid, t in top if pid in payloads),
+            key=lambda entry: (-entry[0], entry[1]),
+        )
+        board: list[dict[str, Any]] = []
+        users: set[str] = set()
+        for _, _, pid in ordered:
+            user = str(payloads[pid].get("user_id"))
+            if user in users:
+                continue
+            users.add(user)
+            board.append({"user_id": user, "point_id": pid} | _standing(runtime, pid))
+            board[-1]["scored_at"] = payloads[pid].get("created_at")
+        if len(board) >= limit or len(top) < window:
+            return [entry | {"position": i + 1} for i, entry in enumerate(board[:limit])]
+        window *= 2  # some users hold several of the top faces: look further down
+
+
+def stats(runtime: Runtime) -> dict[str, Any]:
+    """Population statistics per model: count, score distribution, top 1/5/10 % thresholds
+    (as of the last re-rank)."""
+    summary = runtime.index.stats() or {"distribution": None, "thresholds": {}}
+    return {
+        "models": {
+            runtime.index.model: {
+                "count": runtime.index.count(),
+                "distribution": summary["distribution"],
+                "thresholds": summary["thresholds"],
+                "collection": runtime.vectors.collection,
+            }
+        }
+    }

@@ -1,0 +1,252 @@
+"""The score completed: re-rank, quality gate, vibes, matches, queries, cooldown, erasure —
+through a real worker on real Redis, with real models and photos and a local Qdrant."""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from aurum_ml import tasks
+from aurum_ml.index import midrank_percentiles, score_of, unit
+from aurum_ml.runtime import build_runtime, set_runtime
+from aurum_ml.tasks import score_face
+
+from samples import b64, encode, no_face, read_rgb
+
+TIMEOUT = 120
+
+
+def _score(data: bytes, user_id: str, **options) -> dict:
+    return score_face.delay(b64(data), user_id=user_id, **options).get(timeout=TIMEOUT)
+
+
+def _photo(photos, name: str) -> bytes:
+    return (photos / name).read_bytes()
+
+
+def _brute_force(runtime) -> dict[str, float]:
+    """Every stored face's score from scratch: Qdrant's vectors → centroid → midrank."""
+    ids, units = [], []
+    for pid, vector, _ in runtime.vectors.points():
+        ids.append(pid)
+        units.append(unit(vector))
+    matrix = np.vstack(units)
+    typicalities = matrix @ unit(matrix.sum(axis=0))
+    scores = [score_of(p) for p in midrank_percentiles(typicalities)]
+    return dict(zip(ids, scores, strict=True))
+
+
+def test_rerank_of_2000_generated_faces_matches_brute_force(pipeline_worker, runtime):
+    rng = np.random.default_rng(11)
+    shared = rng.normal(size=128) * 0.1
+    vectors = (shared + rng.normal(scale=0.05, size=(2000, 128))).astype(np.float32)
+    for i, vector in enumerate(vectors):  # stored as the pipeline would: drifting centroid
+        pid = f"00000000-0000-4000-8000-{i:012d}"
+        place = runtime.index.place(pid, vector)
+        payload = {"user_id": f"gen-{i}", "stored_at": time.time(), "image_sha256": "g",
+                   "job_id": f"gen-{i}"}  # fmt: skip
+        runtime.vectors.upsert(pid, vector, payload)
+        runtime.index.add(pid, vector, place.typicality)
+
+    report = tasks.rerank.delay().get(timeout=TIMEOUT)
+
+    expected = _brute_force(runtime)
+    assert report["faces"] == len(expected) >= 2000
+    assert runtime.index.members() == set(expected)
+    payloads = runtime.vectors.payloads(list(expected))
+    for pid, score in expected.items():
+        standing = runtime.index.standing(pid)
+        assert score_of(standing.percentile) == score, pid
+        assert payloads[pid]["score"] == score, pid
+        assert 1 <= len(payloads[pid]["vibes"]) <= 3
+    distribution = runtime.index.distribution()
+    assert distribution.count == len(expected)
+    assert distribution.p50 == pytest.approx(np.percentile(list(expected.values()), 50), abs=0.01)
+    # the population is past VIBE_REFERENCE_MIN_FACES: the vibe reference is now frozen
+    assert runtime.index.vibe_reference().frozen
+
+
+def test_the_beat_schedules_the_rerank_on_the_maintenance_queue(settings):
+    from aurum_ml.celery_app import app
+
+    entry = app.conf.beat_schedule["rerank"]
+    assert entry["task"] == "aurum_ml.rerank" and entry["schedule"] == settings.rerank_interval_s
+    assert app.amqp.router.route({}, "aurum_ml.rerank")["queue"].name == "maintenance"
+    assert app.amqp.router.route({}, "aurum_ml.forget_user")["queue"].name == "maintenance"
+
+
+def test_result_carries_confidence_distribution_vibes(pipeline_worker, photos):
+    out = _score(_photo(photos, "obama.jpg"), "u-fields")
+    assert out["status"] == "scored"
+    assert 0 < out["confidence"] <= 1 and out["confidence"] == round(out["confidence"], 2)
+    assert out["quality"]["issues"] == []
+    assert 1 <= len(out["vibes"]) <= 3
+    assert out["distribution"] is None or {"mean", "p50", "p99"} <= set(out["distribution"])
+
+
+def test_vibes_are_the_same_for_the_same_photo(pipeline_worker, photos, runtime):
+    assert runtime.index.vibe_reference().frozen  # after the 2000-face re-rank above
+    a = _score(_photo(photos, "obama2.jpg"), "u-vibe-a")
+    b = _score(_photo(photos, "obama2.jpg"), "u-vibe-b")
+    assert a["vibes"] == b["vibes"] and a["vibes"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "code"),
+    [
+        (lambda img: cv2.GaussianBlur(img, (0, 0), 8), "LOW_SHARPNESS"),
+        (lambda img: (img * 0.15).astype(np.uint8), "LOW_BRIGHTNESS"),
+    ],
+    ids=["blur-8", "dark-0.15"],
+)
+def test_low_quality_copies_are_rejected_with_codes(edit, code, pipeline_worker, photos, runtime):
+    count = runtime.vectors.count()
+    out = _score(encode(edit(read_rgb(photos / "obama.jpg"))), "u-quality")
+    assert out["status"] == "rejected"
+    assert out["reason"] in ("low_quality", "no_face")
+    if out["reason"] == "low_quality":
+        assert code in out["quality"]["issues"]
+        assert out["message"].startswith("the photo did not pass the quality check")
+    assert out["point_id"] is None and runtime.vectors.count() == count
+
+
+def test_the_gate_can_be_turned_off_and_still_reports(pipeline_worker, photos, runtime):
+    relaxed = build_runtime(
+        runtime.settings.model_copy(update={"quality_gate": False}), backend=runtime.backend
+    )
+    previous = set_runtime(relaxed)
+    try:
+        dark = encode((read_rgb(photos / "obama.jpg") * 0.15).astype(np.uint8))
+        out = _score(dark, "u-gate-off")
+    finally:
+        set_runtime(previous)
+    assert out["status"] == "scored"
+    assert "LOW_BRIGHTNESS" in out["quality"]["issues"]
+
+
+def test_an_80_px_face_is_scored(pipeline_worker, photos):
+    image = read_rgb(photos / "obama.jpg")
+    scale = 80 / 258
+    small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    out = _score(encode(small), "u-small-face")
+    assert out["status"] == "scored", out["message"]
+
+
+def test_same_person_matches_name_other_users_only(pipeline_worker, photos):
+    first = _score(_photo(photos, "obama2.jpg"), "u-match-1")
+    own = _score(_photo(photos, "obama.jpg"), "u-match-1")
+    other = _score(_photo(photos, "obama3.jpg"), "u-match-2")
+    biden = _score(_photo(photos, "biden.jpg"), "u-match-3")
+    assert "u-match-1" not in {m["user_id"] for m in own["matches"]}
+    mine = {m["user_id"]: m for m in other["matches"]}
+    assert "u-match-1" in mine and mine["u-match-1"]["distance"] < 0.5
+    assert mine["u-match-1"]["point_id"] in (first["point_id"], own["point_id"])
+    distances = [m["distance"] for m in other["matches"]]
+    assert distances == sorted(distances) and all(d < 0.6 for d in distances)
+    assert len(other["matches"]) <= 10
+    assert not {"u-match-1", "u-match-2"} & {m["user_id"] for m in biden["matches"]}
+
+
+def test_queries_as_tasks(pipeline_worker, photos, runtime):
+    _score(_photo(photos, "obama.jpg"), "u-query-a")
+    _score(_photo(photos, "obama3.jpg"), "u-query-b")
+    _score(_photo(photos, "biden.jpg"), "u-query-c")
+
+    latest = tasks.get_score.delay("u-query-a").get(timeout=TIMEOUT)
+    assert latest["status"] == "scored" and latest["user_id"] == "u-query-a"
+    standing = runtime.index.standing(latest["point_id"])
+    assert latest["rank"] == standing.rank and latest["total_faces"] == runtime.index.count()
+    assert tasks.get_score.delay("u-nobody").get(timeout=TIMEOUT) is None
+
+    near = tasks.similar.delay("u-query-a", 3).get(timeout=TIMEOUT)
+    assert len(near) == 3 and "u-query-a" not in {n["user_id"] for n in near}
+    assert [n["distance"] for n in near] == sorted(n["distance"] for n in near)
+    assert all(n["same_person"] for n in near)  # other accounts with Obama's face come first
+
+    board = tasks.leaderboard.delay(25).get(timeout=TIMEOUT)
+    assert [b["position"] for b in board] == list(range(1, 26))
+    assert len({b["user_id"] for b in board}) == 25
+    keys = [(-runtime.index.standing(b["point_id"]).typicality, b["scored_at"]) for b in board]
+    assert [k[0] for k in keys] == sorted(k[0] for k in keys)
+
+    summary = tasks.stats.delay().get(timeout=TIMEOUT)
+    entry = summary["models"]["dlib-resnet-v1"]
+    assert entry["count"] == runtime.index.count()
+    assert set(entry["thresholds"]) == {"top_1pct", "top_5pct", "top_10pct"}
+
+
+def test_cooldown_one_new_photo_per_period(pipeline_worker, photos, runtime):
+    strict = build_runtime(
+        runtime.settings.model_copy(update={"cooldown_days": 30}), backend=runtime.backend
+    )
+    previous = set_runtime(strict)
+    try:
+        refused = _score(no_face(photos), "u-cool")  # a rejected photo uses no cooldown
+        first = _score(_photo(photos, "obama.jpg"), "u-cool")
+        second = _score(_photo(photos, "obama2.jpg"), "u-cool")
+        again = _score(_photo(photos, "obama.jpg"), "u-cool")
+    finally:
+        set_runtime(previous)
+    assert refused["reason"] == "no_face"
+    assert first["status"] == "scored"
+    assert (second["status"], second["reason"]) == ("rejected", "cooldown")
+    allowed = time.mktime(time.strptime(second["next_allowed_at"][:19], "%Y-%m-%dT%H:%M:%S"))
+    assert 29.9 * 86400 < allowed - time.mktime(time.gmtime()) < 30.1 * 86400
+    assert again == first  # the same photo: its stored result, not a cooldown
+
+
+def _redis_mentions(redis_client, text: str) -> list[str]:
+    needle = text.encode()
+    found = []
+    for key in redis_client.scan_iter(count=1000):
+        kind = redis_client.type(key)
+        if kind == b"string":
+            values = [redis_client.get(key) or b""]
+        elif kind == b"set":
+            values = list(redis_client.smembers(key))
+        elif kind == b"hash":
+            values = [*redis_client.hkeys(key), *redis_client.hvals(key)]
+        elif kind == b"zset":
+            values = list(redis_client.zrange(key, 0, -1))
+        elif kind == b"list":
+            values = list(redis_client.lrange(key, 0, -1))
+        else:
+            values = []
+        if needle in key or any(needle in v for v in values):
+            found.append(key.decode())
+    return found
+
+
+def test_forget_user_leaves_nothing_and_keeps_others_consistent(
+    pipeline_worker, photos, runtime, redis_client
+):
+    user = "u-forget-me"
+    _score(_photo(photos, "obama.jpg"), user)
+    _score(_photo(photos, "biden.jpg"), user)
+    _score(no_face(photos), user)
+    assert len(runtime.vectors.user_points(user)) == 2
+    assert _redis_mentions(redis_client, user)
+
+    report = tasks.forget_user.delay(user).get(timeout=TIMEOUT)
+
+    assert report["points"] == 2 and report["index_entries"] == 2 and report["results"] == 3
+    assert runtime.vectors.user_points(user) == []
+    assert _redis_mentions(redis_client, user) == []
+    # the others: the index holds exactly Qdrant's faces, and its sums are theirs
+    ids, units = [], []
+    for pid, vector, _ in runtime.vectors.points():
+        ids.append(pid)
+        units.append(unit(vector))
+    assert runtime.index.members() == set(ids)
+    total, n = runtime.index._read_sum()
+    assert n == len(ids) and np.allclose(total, np.sum(units, axis=0), atol=1e-6)
+    # and a re-rank after it agrees with brute force
+    tasks.rerank.delay().get(timeout=TIMEOUT)
+    expected = _brute_force(runtime)
+    for pid in list(expected)[:200]:
+        assert score_of(runtime.index.standing(pid).percentile) == expected[pid]
+    # forgetting twice is harmless
+    assert tasks.forget_user.delay(user).get(timeout=TIMEOUT)["points"] == 0
