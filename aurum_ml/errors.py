@@ -5,11 +5,14 @@
     AurumError
     ├── RetryableError          infrastructure that may work later: Celery retries these
     │   ├── StateUnavailable        Redis (pipeline state, score index) unreachable
-    │   └── StoreUnavailable        Qdrant server unreachable or timing out
+    │   ├── StoreUnavailable        Qdrant server unreachable or timing out
+    │   └── ServiceUnavailable      ML service refused, reset, timed out, 5xx, 429, loading
     └── PermanentError          retrying cannot help: the job fails at once
         ├── ConfigError             settings that cannot work (e.g. Qdrant folder held by
         │                           another process)
         ├── ImageExpired            the stored image or vector is gone (TTL passed)
+        ├── ServiceError            an ML service said no (401, 404, 422…) or answered
+        │                           something that is not the contract
         └── BadInput                raised by the image/face code for bad input; the tasks
                                     turn it into a *rejected result* (reason + message),
                                     it never reaches a caller as an exception
@@ -20,7 +23,7 @@ Bad input is not an exception for callers: ``score_face`` returns a result with
 permanent ones such as an expired image.
 
 Foreign exceptions are translated in one place each: redis in ``state.py``, qdrant in
-``vectors.py``, OpenCV/Pillow in ``imaging.py``, dlib in ``backends/local.py``.
+``vectors.py``, OpenCV/Pillow in ``imaging.py``, requests in ``backends/http.py``.
 
 Every exception takes a single message argument, so Celery's JSON result backend can
 rebuild it on the caller's side (``exc_module`` + ``exc_type`` + message).
@@ -48,6 +51,8 @@ __all__ = [
     "PermanentError",
     "Reason",
     "RetryableError",
+    "ServiceError",
+    "ServiceUnavailable",
     "StateUnavailable",
     "StoreUnavailable",
 ]
@@ -69,6 +74,10 @@ class StoreUnavailable(RetryableError):
     """The Qdrant server could not be reached or timed out."""
 
 
+class ServiceUnavailable(RetryableError):
+    """An ML service could not answer now (refused, reset, timeout, 5xx, 429, loading)."""
+
+
 class PermanentError(AurumError):
     """Retrying cannot help."""
 
@@ -79,6 +88,10 @@ class ConfigError(PermanentError):
 
 class ImageExpired(PermanentError):
     """The job's image or embedding is no longer stored (its TTL passed)."""
+
+
+class ServiceError(PermanentError):
+    """An ML service refused the request for good, or broke its contract."""
 
 
 class BadInput(PermanentError):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from aurum_ml.backends import FaceBackend
+from aurum_ml.backends.http import HttpFaceBackend
 from aurum_ml.backends.local import LocalFaceModel
 from aurum_ml.index import ScoreIndex
 from aurum_ml.settings import Settings, get_settings
@@ -24,22 +26,30 @@ __all__ = ["Runtime", "build_runtime", "get_runtime", "set_runtime"]
 class Runtime:
     settings: Settings
     state: PipelineState
-    backend: LocalFaceModel
+    local: LocalFaceModel  # in-process models: the default, and the fallback
+    detector: FaceBackend  # the detect stage's backend: a service or ``local``
+    embedder: FaceBackend  # the embed stage's backend: a service or ``local``
     vectors: VectorStore
     index: ScoreIndex
     users: UserRecords
 
 
-def build_runtime(settings: Settings, backend: LocalFaceModel | None = None) -> Runtime:
-    """Cheap: connections and models open lazily on first use."""
+def build_runtime(settings: Settings, local: LocalFaceModel | None = None) -> Runtime:
+    """Cheap: connections and models open lazily on first use. The services are used when
+    ``USE_REAL_ML`` is true and their URL is set; otherwise the in-process models."""
     client = connect(settings)
-    backend = backend or LocalFaceModel(settings)
+    local = local or LocalFaceModel(settings)
+    detect_url = settings.face_detection_service if settings.use_real_ml else None
+    embed_url = settings.face_embedding_service if settings.use_real_ml else None
+    remote = HttpFaceBackend(settings, detect_url, embed_url) if detect_url or embed_url else None
     return Runtime(
         settings=settings,
         state=PipelineState(client, settings.image_ttl_s),
-        backend=backend,
-        vectors=VectorStore(settings, backend.model, backend.dim),
-        index=ScoreIndex(client, backend.model, backend.dim),
+        local=local,
+        detector=remote if remote and detect_url else local,
+        embedder=remote if remote and embed_url else local,
+        vectors=VectorStore(settings, local.model, local.dim),
+        index=ScoreIndex(client, local.model, local.dim),
         users=UserRecords(
             client,
             cooldown_s=settings.cooldown_s,

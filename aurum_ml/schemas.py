@@ -16,7 +16,24 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aurum_ml.errors import Reason
 
-__all__ = ["Distribution", "Face", "Job", "Match", "Quality", "Result", "Status", "Timings"]
+__all__ = [
+    "DetectRequest",
+    "DetectResponse",
+    "DetectedFace",
+    "Distribution",
+    "ExtractRequest",
+    "ExtractResponse",
+    "Face",
+    "GivenFace",
+    "Health",
+    "Job",
+    "Match",
+    "Quality",
+    "Result",
+    "ServiceErrorBody",
+    "Status",
+    "Timings",
+]
 
 Status = Literal["pending", "scored", "rejected"]
 Source = Literal["service", "local", "simulated"]
@@ -132,3 +149,69 @@ class Job(Result):
 
     def result(self) -> Result:
         return Result.model_validate(self.model_dump())
+
+
+# --- the ML services' HTTP contract (docs/ml-services.md) -------------------------------------
+
+
+class ServiceErrorBody(BaseModel):
+    """Every error answer of the services: a code and a sentence."""
+
+    error: str = Field(..., description="invalid_image | image_too_large | invalid_request | …")
+    message: str
+
+
+class DetectRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image_base64: str = Field(..., description="the image, base64 (a data: URL is accepted)")
+    min_confidence: float | None = Field(None, description="minimum detector score")
+    max_faces: int | None = Field(None, ge=1, le=100, description="at most this many, largest")
+    upsample: int | None = Field(None, ge=0, le=2, description="detector upsampling (0–2)")
+
+
+class DetectedFace(BaseModel):
+    bounding_box: list[int] = Field(
+        ..., min_length=4, max_length=4, description="[x1, y1, x2, y2] px, clipped to the image"
+    )
+    score: float = Field(..., description="detector score")
+    landmarks: list[list[int]] = Field(
+        ..., min_length=5, max_length=5, description="5 × [x, y] px (dlib's 5-point model)"
+    )
+
+
+class DetectResponse(BaseModel):
+    faces: list[DetectedFace] = Field(..., description="largest first")
+    image_width: int = Field(..., description="px, after EXIF orientation")
+    image_height: int = Field(..., description="px, after EXIF orientation")
+    model: str
+    processing_time_ms: float
+
+
+class GivenFace(BaseModel):
+    bounding_box: list[int] = Field(..., min_length=4, max_length=4)
+    landmarks: list[list[int]] = Field(..., min_length=5, max_length=5)
+
+
+class ExtractRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image_base64: str
+    face: GivenFace | None = Field(
+        None, description="align from these landmarks; without it, embed the largest face"
+    )
+
+
+class ExtractResponse(BaseModel):
+    embedding: list[float] = Field(..., description="the face descriptor")
+    dim: int
+    model: str
+    processing_time_ms: float
+
+
+class Health(BaseModel):
+    status: Literal["ok", "loading"]
+    service: str
+    model: str
+    version: str
+    uptime_s: float

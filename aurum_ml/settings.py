@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     face_detection_service: str | None = Field(None, validation_alias="FACE_DETECTION_SERVICE")
     face_embedding_service: str | None = Field(None, validation_alias="FACE_EMBEDDING_SERVICE")
     ml_service_timeout: float = Field(10.0, gt=0, le=300, validation_alias="ML_SERVICE_TIMEOUT")
+    ml_service_token: str | None = Field(None, validation_alias="ML_SERVICE_TOKEN")
     use_real_ml: bool = Field(True, validation_alias="USE_REAL_ML")
     fallback_to_simulated: bool = Field(True, validation_alias="FALLBACK_TO_SIMULATED")
     simulated_ml_threshold: float = Field(

@@ -136,7 +136,7 @@ def detect(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     rt = get_runtime()
     return _dump(
         stages.detect(
-            Job.model_validate(job), state=rt.state, backend=rt.backend, settings=rt.settings
+            Job.model_validate(job), state=rt.state, backend=rt.detector, settings=rt.settings
         )
     )
 
@@ -144,11 +144,7 @@ def detect(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 @app.task(bind=True, base=PipelineTask, name="aurum_ml.embed")
 def embed(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     rt = get_runtime()
-    return _dump(
-        stages.embed(
-            Job.model_validate(job), state=rt.state, backend=rt.backend, settings=rt.settings
-        )
-    )
+    return _dump(stages.embed(Job.model_validate(job), state=rt.state, backend=rt.embedder))
 
 
 @app.task(bind=True, base=PipelineTask, name="aurum_ml.score")

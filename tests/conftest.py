@@ -71,8 +71,8 @@ def settings(runtime):
 
 @pytest.fixture(scope="session")
 def model(runtime):
-    runtime.backend.warm_up()
-    return runtime.backend
+    runtime.local.warm_up()
+    return runtime.local
 
 
 @pytest.fixture(scope="module")

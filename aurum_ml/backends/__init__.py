@@ -1,9 +1,11 @@
 """Face backends: one interface, several implementations.
 
-- :mod:`aurum_ml.backends.local` — dlib models in this process (the default and the fallback).
+- :mod:`aurum_ml.backends.local` — dlib models in this process (the default and the fallback);
+- :mod:`aurum_ml.backends.http` — the client of our detection and embedding services.
 
-A backend finds faces (:class:`Detection`) and turns one face into a 128-d vector. The
-HTTP client for our ML services implements the same interface (services issue).
+A backend takes the image *bytes* (a service gets them as sent, never re-encoded), finds
+faces (:class:`Detection`) and turns one face into a 128-d vector. Bad bytes raise
+:class:`~aurum_ml.errors.BadInput` with a reason code, whichever backend read them.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ class FaceBackend(Protocol):
     dim: int  # embedding dimension
     source: str  # "local" | "service" | "simulated": reported in results
 
-    def detect(self, image: np.ndarray) -> list[Detection]:
-        """Faces in an RGB uint8 image, largest first."""
+    def detect(self, data: bytes) -> list[Detection]:
+        """Faces in the encoded image, largest first."""
         ...
 
-    def embed(self, image: np.ndarray, face: Detection) -> np.ndarray:
-        """A float32 vector of length ``dim`` for ``face`` in ``image``."""
+    def embed(self, data: bytes, face: Detection) -> np.ndarray:
+        """A float32 vector of length ``dim`` for ``face`` in the encoded image."""
         ...

@@ -21,11 +21,13 @@ import numpy as np
 
 from aurum_ml.backends import Detection
 from aurum_ml.errors import ConfigError
+from aurum_ml.imaging import decode_image
 from aurum_ml.settings import Settings
 
-__all__ = ["MODEL_ID", "LocalFaceModel", "model_dir"]
+__all__ = ["DETECTOR_ID", "MODEL_ID", "LocalFaceModel", "model_dir"]
 
-MODEL_ID = "dlib-resnet-v1"
+MODEL_ID = "dlib-resnet-v1"  # the embedding model: names the Qdrant collection
+DETECTOR_ID = {"hog": "dlib-hog-5pt", "cnn": "dlib-mmod-5pt"}
 DIM = 128
 CHIP_SIZE = 150  # px; what the ResNet was trained on
 CHIP_PADDING = 0.25
@@ -47,7 +49,12 @@ class LocalFaceModel:
     dim = DIM
     source = "local"
 
+    @property
+    def detector_id(self) -> str:
+        return DETECTOR_ID[self._detector_kind]
+
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self._detector_kind = settings.detector
         self._upsample = settings.detect_upsample
         self._max_side = settings.detect_max_side
@@ -82,10 +89,23 @@ class LocalFaceModel:
         with self._lock:
             self._load()
 
-    def detect(self, image: np.ndarray) -> list[Detection]:
-        """Faces scoring at least ``detect_min_score``, largest first."""
+    def detect(self, data: bytes) -> list[Detection]:
+        """Decode (limits checked) and find faces; see :meth:`detect_image`."""
+        return self.detect_image(decode_image(data, self.settings))
+
+    def embed(self, data: bytes, face: Detection) -> np.ndarray:
+        """Decode (limits checked) and describe ``face``; see :meth:`embed_image`."""
+        return self.embed_image(decode_image(data, self.settings), face)
+
+    def detect_image(
+        self, image: np.ndarray, upsample: int | None = None, min_score: float | None = None
+    ) -> list[Detection]:
+        """Faces in an RGB uint8 image scoring at least ``min_score`` (default
+        ``DETECT_MIN_SCORE``), largest first."""
         import dlib
 
+        upsample = self._upsample if upsample is None else upsample
+        min_score = self._min_score if min_score is None else min_score
         height, width = image.shape[:2]
         scale = min(1.0, self._max_side / max(height, width))
         small = (
@@ -99,15 +119,13 @@ class LocalFaceModel:
             models = self._load()
             found: list[tuple[Any, float]] = []
             if "cnn" in models:
-                found = [
-                    (d.rect, float(d.confidence)) for d in models["cnn"](small, self._upsample)
-                ]
+                found = [(d.rect, float(d.confidence)) for d in models["cnn"](small, upsample)]
             else:
-                rects, scores, _ = models["hog"].run(small, self._upsample, 0.0)
+                rects, scores, _ = models["hog"].run(small, upsample, 0.0)
                 found = list(zip(rects, (float(s) for s in scores), strict=True))
             faces = []
             for rect, score in found:
-                if score < self._min_score:
+                if score < min_score:
                     continue
                 full = dlib.rectangle(
                     round(rect.left() / scale),
@@ -137,7 +155,7 @@ class LocalFaceModel:
         )
         return np.asarray(dlib.get_face_chip(image, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
 
-    def embed(self, image: np.ndarray, face: Detection) -> np.ndarray:
+    def embed_image(self, image: np.ndarray, face: Detection) -> np.ndarray:
         """128 floats (Euclidean distance < 0.6 ≈ same person; norm ≈ 1.4, not unit)."""
         with self._lock:
             models = self._load()

@@ -6,7 +6,6 @@ import time
 
 from aurum_ml.backends import Detection, FaceBackend
 from aurum_ml.errors import BadInput
-from aurum_ml.imaging import decode_image
 from aurum_ml.schemas import Face, Job
 from aurum_ml.settings import Settings
 from aurum_ml.state import PipelineState
@@ -19,15 +18,13 @@ def detect(job: Job, *, state: PipelineState, backend: FaceBackend, settings: Se
         return job
     started = time.perf_counter()
     try:
-        image = decode_image(state.get_image(job.image_sha256), settings)
+        faces = backend.detect(state.get_image(job.image_sha256))
     except BadInput as exc:
         return job.reject(exc.reason, exc.message)
-    faces = backend.detect(image)
     elapsed = (time.perf_counter() - started) * 1000
     job = job.model_copy(
         update={
             "model": backend.model,
-            "source": backend.source,
             "timings_ms": job.timings_ms.model_copy(update={"detect": round(elapsed, 1)}),
         }
     )

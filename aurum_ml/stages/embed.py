@@ -6,21 +6,25 @@ from __future__ import annotations
 import time
 
 from aurum_ml.backends import FaceBackend
-from aurum_ml.imaging import decode_image
+from aurum_ml.errors import BadInput
 from aurum_ml.schemas import Job
-from aurum_ml.settings import Settings
 from aurum_ml.stages.detect import detection_of
 from aurum_ml.state import PipelineState
 
 
-def embed(job: Job, *, state: PipelineState, backend: FaceBackend, settings: Settings) -> Job:
+def embed(job: Job, *, state: PipelineState, backend: FaceBackend) -> Job:
     if job.status == "rejected" or job.face is None:
         return job
     started = time.perf_counter()
-    image = decode_image(state.get_image(job.image_sha256), settings)
-    vector = backend.embed(image, detection_of(job.face))
+    try:
+        vector = backend.embed(state.get_image(job.image_sha256), detection_of(job.face))
+    except BadInput as exc:
+        return job.reject(exc.reason, exc.message)
     state.put_embedding(job.job_id, vector)
     elapsed = (time.perf_counter() - started) * 1000
     return job.model_copy(
-        update={"timings_ms": job.timings_ms.model_copy(update={"embed": round(elapsed, 1)})}
+        update={
+            "source": backend.source,  # the stored vector's origin
+            "timings_ms": job.timings_ms.model_copy(update={"embed": round(elapsed, 1)}),
+        }
     )

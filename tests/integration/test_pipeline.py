@@ -123,7 +123,7 @@ def test_a_stage_failing_for_good_fails_the_job_with_a_typed_error(
     from aurum_ml.runtime import build_runtime, set_runtime
 
     dead_qdrant = runtime.settings.model_copy(update={"qdrant_url": "http://127.0.0.1:9"})
-    previous = set_runtime(build_runtime(dead_qdrant, backend=runtime.backend))
+    previous = set_runtime(build_runtime(dead_qdrant, local=runtime.local))
     try:
         result = score_face.delay(b64((photos / "obama.jpg").read_bytes()), user_id="u-fail")
         with pytest.raises(StoreUnavailable, match="Qdrant unavailable"):

@@ -115,7 +115,7 @@ def test_low_quality_copies_are_rejected_with_codes(edit, code, pipeline_worker,
 
 def test_the_gate_can_be_turned_off_and_still_reports(pipeline_worker, photos, runtime):
     relaxed = build_runtime(
-        runtime.settings.model_copy(update={"quality_gate": False}), backend=runtime.backend
+        runtime.settings.model_copy(update={"quality_gate": False}), local=runtime.local
     )
     previous = set_runtime(relaxed)
     try:
@@ -180,7 +180,7 @@ def test_queries_as_tasks(pipeline_worker, photos, runtime):
 
 def test_cooldown_one_new_photo_per_period(pipeline_worker, photos, runtime):
     strict = build_runtime(
-        runtime.settings.model_copy(update={"cooldown_days": 30}), backend=runtime.backend
+        runtime.settings.model_copy(update={"cooldown_days": 30}), local=runtime.local
     )
     previous = set_runtime(strict)
     try:

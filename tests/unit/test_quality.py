@@ -16,7 +16,7 @@ SHARP = ["obama.jpg", "obama2.jpg", "obama3.jpg", "obama_partial_face.jpg",
 
 
 def _measure(model, image):
-    faces = model.detect(image)
+    faces = model.detect_image(image)
     if not faces:
         return None, None
     face = face_of(faces[0])
