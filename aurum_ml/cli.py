@@ -277,6 +277,29 @@ def forget_command(user_id: str, as_json: bool) -> None:
     )
 
 
+_SERVICES = {"detection": 8001, "embedding": 8002}
+
+
+@main.command("serve")
+@click.argument("service", type=click.Choice(sorted(_SERVICES)))
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 in a container.")
+@click.option("--port", type=int, help="Default: 8001 (detection), 8002 (embedding).")
+@click.option("--workers", default=1, show_default=True, help="uvicorn worker processes.")
+@click.option("--log-level", default="info", show_default=True)
+def serve_command(service: str, host: str, port: int | None, workers: int, log_level: str) -> None:
+    """Run the detection or embedding ML service (uvicorn)."""
+    import uvicorn
+
+    uvicorn.run(
+        f"aurum_ml.services.{service}:create_app",
+        factory=True,
+        host=host,
+        port=port or _SERVICES[service],
+        workers=workers,
+        log_level=log_level,
+    )
+
+
 def _collect(
     pending: list[Any], images: tuple[Path, ...], timeout: float, progress: bool
 ) -> list[dict[str, Any]]:

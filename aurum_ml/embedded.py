@@ -35,6 +35,10 @@ def run_worker(
     """Run a worker consuming ``queues`` in a daemon thread until the block ends."""
     ready = threading.Event()
     app.finalize()
+    # Pool threads resolve tasks through the *default* app: make it this one, or they run
+    # Celery's fallback app (same celeryconfig, other task instances).
+    app.set_default()
+    app.set_current()
     worker = WorkController(
         app=app,
         queues=list(queues),

@@ -59,8 +59,9 @@ class ServiceClient:
         except requests.Timeout:
             raise ServiceUnavailable(f"{url} timed out") from None
         except requests.ConnectionError as exc:  # refused, reset, DNS
-            reason = type(exc.__context__ or exc).__name__
-            raise ServiceUnavailable(f"{url} unreachable ({reason})") from None
+            text = str(exc).lower()
+            what = "refused" if "refused" in text else "reset" if "reset" in text else "failed"
+            raise ServiceUnavailable(f"{url}: connection {what}") from None
         except requests.RequestException as exc:
             raise ServiceError(f"{url}: {type(exc).__name__}") from None
         status = response.status_code

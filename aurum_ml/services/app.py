@@ -1,0 +1,196 @@
+"""What both ML services share: the app factory, model loading, auth, limits, errors, health.
+
+The model loads in a background thread started by the lifespan hook, so the server answers
+at once: ``/health`` says ``loading`` (503) until it is ready, and a scoring request in that
+time gets 503 ``loading`` — retryable, like any 503.
+
+Errors are always JSON ``{"error": code, "message": …}``: 400 bad image, 413 over a limit
+(the body size is checked before it is read in full, the pixel count from the header before
+decoding), 422 schema, 401 missing or wrong token (constant-time comparison), 503 loading,
+500 only for a bug.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from aurum_ml import __version__
+from aurum_ml.backends.local import LocalFaceModel
+from aurum_ml.errors import BadInput
+from aurum_ml.schemas import Health, ServiceErrorBody
+from aurum_ml.settings import Settings, get_settings
+
+__all__ = ["LoadedModel", "ServiceError", "bad_input", "create_service", "require_token"]
+
+log = logging.getLogger("aurum_ml.services")
+
+_STATUS = {"invalid_image": 400, "image_too_large": 413, "no_face": 422}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ServiceErrorBody} for code in (400, 401, 413, 422, 503)
+}
+
+
+class ServiceError(Exception):
+    """An error answer: status, code and message."""
+
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message = status, error, message
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised from inside the body stream; FastAPI lets HTTPExceptions through as they are."""
+
+    def __init__(self) -> None:
+        super().__init__(413, "request body over the size limit")
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a body over ``max_bytes`` by its Content-Length, or as soon
+    as that much has been streamed — never read more than the limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        await self.app(scope, limited, send)
+
+    async def _refuse(self, send: Send) -> None:
+        response = _error(413, "image_too_large", f"request body over {self.max_bytes} bytes")
+        await response(scope={"type": "http"}, receive=_no_body, send=send)  # type: ignore[arg-type]
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _error(status: int, error: str, message: str) -> JSONResponse:
+    return JSONResponse(ServiceErrorBody(error=error, message=message).model_dump(), status)
+
+
+def require_token(request: Request) -> None:
+    """With ML_SERVICE_TOKEN set, every scoring request needs ``Authorization: Bearer …``."""
+    expected = request.app.state.settings.ml_service_token
+    if not expected:
+        return
+    given = request.headers.get("authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), expected.encode()):
+        raise ServiceError(401, "unauthorized", "a valid bearer token is required")
+
+
+def loaded_model(request: Request) -> LocalFaceModel:
+    """The model, or 503 while it is still loading."""
+    if not request.app.state.ready.is_set():
+        raise ServiceError(503, "loading", "the model is still loading; retry shortly")
+    model: LocalFaceModel = request.app.state.model
+    return model
+
+
+LoadedModel = Annotated[LocalFaceModel, Depends(loaded_model)]
+
+
+def bad_input(exc: BadInput) -> ServiceError:
+    return ServiceError(_STATUS.get(exc.reason, 400), exc.reason, exc.message)
+
+
+def create_service(
+    name: str,
+    routes: APIRouter,
+    model_id: Callable[[LocalFaceModel], str],
+    settings: Settings | None = None,
+) -> FastAPI:
+    """A FastAPI app serving ``routes`` with the shared behaviour described above."""
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        def load() -> None:
+            try:
+                app.state.model.warm_up()
+                app.state.ready.set()
+                log.info("%s service ready", name)
+            except Exception:  # the health check keeps saying "loading"; the log says why
+                log.exception("%s service could not load its model", name)
+
+        threading.Thread(target=load, name=f"{name}-model-loader", daemon=True).start()
+        yield
+
+    app = FastAPI(
+        title=f"aurum_ml {name} service",
+        version=__version__,
+        lifespan=lifespan,
+        responses=ERROR_RESPONSES,
+    )
+    app.state.settings = settings
+    app.state.model = LocalFaceModel(settings)
+    app.state.ready = threading.Event()
+    app.state.started = time.monotonic()
+    # the largest legal body: the base64 of the largest image, plus the JSON around it
+    app.add_middleware(BodyLimit, max_bytes=(settings.image_max_bytes + 2) // 3 * 4 + 65536)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return _error(exc.status, exc.error, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return _error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {413: "image_too_large", 404: "not_found", 405: "method_not_allowed"}
+        return _error(exc.status_code, code.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error in %s", request.url.path)
+        return _error(500, "internal", "unexpected error; it was logged")
+
+    @app.get("/health", response_model=Health, responses={503: {"model": Health}})
+    def health(request: Request) -> JSONResponse:
+        ready = request.app.state.ready.is_set()
+        body = Health(
+            status="ok" if ready else "loading",
+            service=name,
+            model=model_id(request.app.state.model),
+            version=__version__,
+            uptime_s=round(time.monotonic() - request.app.state.started, 1),
+        )
+        return JSONResponse(body.model_dump(), 200 if ready else 503)
+
+    app.include_router(routes, dependencies=[Depends(require_token)])
+    return app

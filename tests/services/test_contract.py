@@ -1,0 +1,169 @@
+"""The services over real HTTP: agreement with the in-process model, every error status."""
+
+from __future__ import annotations
+
+import socket
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+import requests
+
+from samples import b64, one_pixel_png, png_header_claiming, read_rgb
+
+PHOTOS = ["obama.jpg", "obama2.jpg", "obama3.jpg", "obama_partial_face.jpg", "32bit.png",
+          "biden.jpg"]  # fmt: skip
+
+
+def _post(url: str, path: str, body, headers, **kwargs) -> requests.Response:
+    return requests.post(f"{url}{path}", json=body, headers=headers, timeout=30, **kwargs)
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_detection_and_embedding_agree_with_the_in_process_model(
+    name, detection_url, embedding_url, auth, model, photos
+):
+    data = (photos / name).read_bytes()
+    image = read_rgb(photos / name)
+    (local_face,) = model.detect_image(image)
+    local_vector = model.embed_image(image, local_face)
+
+    found = _post(detection_url, "/detect", {"image_base64": b64(data)}, auth)
+    assert found.status_code == 200
+    body = found.json()
+    assert (body["image_width"], body["image_height"]) == image.shape[1::-1]
+    assert body["model"] == "dlib-hog-5pt" and body["processing_time_ms"] > 0
+    (face,) = body["faces"]
+    assert tuple(face["bounding_box"]) == local_face.box
+    assert [tuple(p) for p in face["landmarks"]] == list(local_face.landmarks)
+
+    given = {"bounding_box": face["bounding_box"], "landmarks": face["landmarks"]}
+    for path, request in (("/extract", {"face": given}), ("/embed", {}), ("/extract", {})):
+        answer = _post(embedding_url, path, {"image_base64": b64(data), **request}, auth)
+        assert answer.status_code == 200, answer.text
+        out = answer.json()
+        assert (out["dim"], out["model"]) == (128, "dlib-resnet-v1")
+        assert np.linalg.norm(np.array(out["embedding"]) - local_vector) < 0.01
+
+
+def test_detect_options(detection_url, auth, photos, model):
+    from samples import two_faces
+
+    both = b64(two_faces(photos))
+    assert len(_post(detection_url, "/detect", {"image_base64": both}, auth).json()["faces"]) == 2
+    one = _post(detection_url, "/detect", {"image_base64": both, "max_faces": 1}, auth).json()
+    assert len(one["faces"]) == 1
+    strict = {"image_base64": both, "min_confidence": 5.0}
+    assert _post(detection_url, "/detect", strict, auth).json()["faces"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        ({"image_base64": ""}, 400, "invalid_image"),
+        ({"image_base64": "%%% not base64"}, 400, "invalid_image"),
+        ({"image_base64": b64(b"\xff\xd8\xff garbage" * 50)}, 400, "invalid_image"),
+        ({"image_base64": b64(one_pixel_png())}, 400, "invalid_image"),
+        ({"image_base64": b64(png_header_claiming(100_000, 100_000))}, 413, "image_too_large"),
+        ({"image_base64": b64(png_header_claiming(4000, 3000))}, 413, "image_too_large"),
+        ({"image_base64": "A" * 3_000_000}, 413, "image_too_large"),
+        ({}, 422, "invalid_request"),
+        ({"image_base64": 42}, 422, "invalid_request"),
+        ({"image_base64": "AAAA", "upsample": 5}, 422, "invalid_request"),
+        ({"image_base64": "AAAA", "unknown": 1}, 422, "invalid_request"),
+    ],
+    ids=[
+        "empty",
+        "not-base64",
+        "undecodable",
+        "1x1",
+        "header-100k",
+        "pixels",
+        "bytes",
+        "missing",
+        "wrong-type",
+        "out-of-range",
+        "extra-field",
+    ],  # fmt: skip
+)
+def test_bad_requests_get_json_errors(body, status, error, detection_url, embedding_url, auth):
+    for url, path in ((detection_url, "/detect"), (embedding_url, "/extract")):
+        answer = _post(url, path, body, auth)
+        assert answer.status_code == status, (path, answer.text)
+        assert answer.json()["error"] == error and answer.json()["message"]
+
+
+def test_not_json_is_a_422(detection_url, auth):
+    answer = requests.post(f"{detection_url}/detect", data=b"{not json", headers=auth, timeout=10)
+    assert answer.status_code == 422 and answer.json()["error"] == "invalid_request"
+
+
+def test_extract_without_a_face_in_the_image(embedding_url, auth, photos):
+    from samples import no_face
+
+    answer = _post(embedding_url, "/extract", {"image_base64": b64(no_face(photos))}, auth)
+    assert (answer.status_code, answer.json()["error"]) == (422, "no_face")
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic test-token"}]
+)
+def test_a_token_is_required(headers, detection_url, embedding_url, photos):
+    body = {"image_base64": b64((photos / "obama.jpg").read_bytes())}
+    for url, path in ((detection_url, "/detect"), (embedding_url, "/extract")):
+        answer = _post(url, path, body, headers)
+        assert (answer.status_code, answer.json()["error"]) == (401, "unauthorized")
+
+
+def test_a_declared_oversized_body_is_refused_before_it_is_read(detection_url, auth):
+    address = urlparse(detection_url)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /detect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer test-token\r\nContent-Length: 1000000000\r\n\r\n"
+        )  # and no body at all: the answer must not wait for one
+        reply = b""
+        while b"}" not in reply:  # headers and body may come in separate packets
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 413") and b"image_too_large" in reply
+
+
+def test_a_streamed_oversized_body_is_cut_off(detection_url, auth):
+    def chunks():
+        yield b'{"image_base64": "'
+        for _ in range(400):
+            yield b"A" * 10_000  # 4 MB in all, over the ~2.7 MB limit
+        yield b'"}'
+
+    headers = dict(auth, **{"Content-Type": "application/json"})
+    answer = requests.post(f"{detection_url}/detect", data=chunks(), headers=headers, timeout=30)
+    assert (answer.status_code, answer.json()["error"]) == (413, "image_too_large")
+
+
+def test_health_and_openapi(detection_url, embedding_url):
+    for url, service, model in (
+        (detection_url, "detection", "dlib-hog-5pt"),
+        (embedding_url, "embedding", "dlib-resnet-v1"),
+    ):
+        health = requests.get(f"{url}/health", timeout=5)  # no token needed
+        assert health.status_code == 200
+        body = health.json()
+        assert (body["status"], body["service"], body["model"]) == ("ok", service, model)
+        assert body["uptime_s"] >= 0 and body["version"]
+        spec = requests.get(f"{url}/openapi.json", timeout=5).json()
+        assert ("/detect" if service == "detection" else "/extract") in spec["paths"]
+
+
+def test_loading_answers_503(settings):
+    from fastapi.testclient import TestClient
+
+    from aurum_ml.services.detection import create_app
+
+    client = TestClient(create_app(settings))  # no lifespan: the model never loads
+    health = client.get("/health")
+    assert (health.status_code, health.json()["status"]) == (503, "loading")
+    busy = client.post("/detect", json={"image_base64": "AAAA"})
+    assert (busy.status_code, busy.json()["error"]) == (503, "loading")
