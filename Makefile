@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup photos demo test lint worker clean
+.PHONY: setup photos demo test lint worker bench bench-services clean
 
 setup: $(VENV)/.installed  ## create .venv and install the project with its test extra
 
@@ -23,9 +23,14 @@ test: setup  ## the test suite: needs Redis at 127.0.0.1:6379 (db 14 is flushed)
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check aurum_ml tests celeryconfig.py
-	$(BIN)/ruff format --check aurum_ml tests celeryconfig.py
+	$(BIN)/ruff check aurum_ml tests bench celeryconfig.py
+	$(BIN)/ruff format --check aurum_ml tests bench celeryconfig.py
 	$(BIN)/mypy
+
+bench: bench-services  ## every benchmark; numbers go to BENCHMARKS.md
+
+bench-services: photos  ## ML services (1 and 2 uvicorn workers) vs the in-process call
+	$(BIN)/python bench/services.py
 
 worker: setup  ## one worker for every queue, against AURUM_BROKER_URL
 	$(BIN)/celery -A aurum_ml worker -Q detect,embed,score,store,maintenance --loglevel INFO

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from celery.signals import task_prerun, task_retry
-from faults import FaultServer
 
 from aurum_ml import tasks
 from aurum_ml.backends import Detection
@@ -14,6 +13,7 @@ from aurum_ml.backends.http import HttpFaceBackend, ServiceClient
 from aurum_ml.errors import BadInput, ServiceError, ServiceUnavailable
 from aurum_ml.runtime import build_runtime, set_runtime
 
+from faults import FaultServer
 from samples import b64, read_rgb
 
 TOKEN = "test-token"  # the services' token (tests/services/conftest.py)
