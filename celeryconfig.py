@@ -78,6 +78,11 @@ _LIMITS = {
     "aurum_ml.leaderboard": (30, 45),
     "aurum_ml.stats": (30, 45),
     "aurum_ml.forget_user": (120, 150),
+    "aurum_ml.probe_health": (
+        round(2 * _settings.health_timeout_s + 5),
+        round(2 * _settings.health_timeout_s + 10),
+    ),
+    "aurum_ml.rescore_degraded": (1800, 1860),
 }
 # The middle stages' results only feed the next stage: not stored (less Redis traffic, no
 # face data lingering in the backend); their errors are, so a failure reaches the caller.
@@ -112,6 +117,12 @@ if _settings.embedded:
 # --- schedule: run exactly one beat (`celery -A aurum_ml beat`); the tasks are idempotent --
 beat_schedule = {
     "rerank": {"task": "aurum_ml.rerank", "schedule": _settings.rerank_interval_s},
+    "probe-health": {
+        "task": "aurum_ml.probe_health",
+        "schedule": _settings.health_probe_interval_s,
+        # a probe that waited longer than an interval is stale: the next one is coming
+        "options": {"expires": _settings.health_probe_interval_s},
+    },
 }
 
 # --- monitoring (Flower) -------------------------------------------------------------------

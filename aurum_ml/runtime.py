@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from aurum_ml.backends import FaceBackend
 from aurum_ml.backends.http import HttpFaceBackend
 from aurum_ml.backends.local import LocalFaceModel
+from aurum_ml.backends.simulated import SimulatedBackend
 from aurum_ml.index import ScoreIndex
 from aurum_ml.settings import Settings, get_settings
-from aurum_ml.state import PipelineState, connect
+from aurum_ml.state import DegradedJobs, PipelineState, connect
 from aurum_ml.users import UserRecords
 from aurum_ml.vectors import VectorStore
 
@@ -26,28 +27,33 @@ __all__ = ["Runtime", "build_runtime", "get_runtime", "set_runtime"]
 class Runtime:
     settings: Settings
     state: PipelineState
-    local: LocalFaceModel  # in-process models: the default, and the fallback
-    detector: FaceBackend  # the detect stage's backend: a service or ``local``
-    embedder: FaceBackend  # the embed stage's backend: a service or ``local``
+    local: LocalFaceModel  # the in-process models
+    fallback: FaceBackend  # FALLBACK_BACKEND: ``local`` or the simulated backend
+    detect_service: HttpFaceBackend | None  # None: USE_REAL_ML off or no URL
+    embed_service: HttpFaceBackend | None
     vectors: VectorStore
     index: ScoreIndex
     users: UserRecords
+    degraded: DegradedJobs
 
 
 def build_runtime(settings: Settings, local: LocalFaceModel | None = None) -> Runtime:
-    """Cheap: connections and models open lazily on first use. The services are used when
-    ``USE_REAL_ML`` is true and their URL is set; otherwise the in-process models."""
+    """Cheap: connections and models open lazily on first use. A stage uses its service
+    when ``USE_REAL_ML`` is true and the service's URL is set; otherwise the fallback."""
     client = connect(settings)
     local = local or LocalFaceModel(settings)
     detect_url = settings.face_detection_service if settings.use_real_ml else None
     embed_url = settings.face_embedding_service if settings.use_real_ml else None
-    remote = HttpFaceBackend(settings, detect_url, embed_url) if detect_url or embed_url else None
+    fallback: FaceBackend = (
+        SimulatedBackend(settings) if settings.fallback_backend == "simulated" else local
+    )
     return Runtime(
         settings=settings,
         state=PipelineState(client, settings.image_ttl_s),
         local=local,
-        detector=remote if remote and detect_url else local,
-        embedder=remote if remote and embed_url else local,
+        fallback=fallback,
+        detect_service=HttpFaceBackend(settings, detect_url, None) if detect_url else None,
+        embed_service=HttpFaceBackend(settings, None, embed_url) if embed_url else None,
         vectors=VectorStore(settings, local.model, local.dim),
         index=ScoreIndex(client, local.model, local.dim),
         users=UserRecords(
@@ -56,6 +62,7 @@ def build_runtime(settings: Settings, local: LocalFaceModel | None = None) -> Ru
             pending_ttl_s=settings.image_ttl_s,
             keep_s=settings.result_expires_s,
         ),
+        degraded=DegradedJobs(client, keep_s=max(settings.result_expires_s, 7 * 86400)),
     )
 
 

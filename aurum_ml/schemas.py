@@ -133,6 +133,11 @@ class Result(BaseModel):
     next_allowed_at: str | None = Field(
         None, description="with reason cooldown: ISO time from which a new photo is scored"
     )
+    degraded: bool = Field(
+        False,
+        description="made by the simulated fallback: no score yet; re-scored through the "
+        "services once they recover (same job id)",
+    )
 
 
 class Job(Result):

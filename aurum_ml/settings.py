@@ -92,6 +92,18 @@ class Settings(BaseSettings):
         0.7, ge=0.0, le=1.0, validation_alias="SIMULATED_ML_THRESHOLD"
     )
 
+    # --- health probe and fallback --------------------------------------------------------
+    health_probe_interval_s: float = Field(
+        10.0, gt=0, le=3600, validation_alias="HEALTH_PROBE_INTERVAL"
+    )
+    health_timeout_s: float = Field(2.0, gt=0, le=60, validation_alias="HEALTH_TIMEOUT")
+    health_window: int = Field(10, ge=1, le=1000, validation_alias="HEALTH_WINDOW")
+    health_failure_probes: int = Field(2, ge=1, le=100, validation_alias="HEALTH_FAILURE_PROBES")
+    health_recovery_probes: int = Field(3, ge=1, le=100, validation_alias="HEALTH_RECOVERY_PROBES")
+    fallback_backend: Literal["local", "simulated"] = Field(
+        "local", validation_alias="FALLBACK_BACKEND"
+    )
+
     @model_validator(mode="after")
     def _check_state_store(self) -> Settings:
         if (

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,9 +23,10 @@ import numpy as np
 import redis
 
 from aurum_ml.errors import ImageExpired, StateUnavailable
+from aurum_ml.schemas import Job
 from aurum_ml.settings import Settings
 
-__all__ = ["PipelineState", "connect", "redis_errors"]
+__all__ = ["DegradedJobs", "PipelineState", "connect", "redis_errors"]
 
 _fake_server = None
 _fake_lock = threading.Lock()
@@ -101,6 +103,10 @@ class PipelineState:
             return None
         return np.frombuffer(data, dtype=np.float32).copy()
 
+    def has_image(self, sha256: str) -> bool:
+        with redis_errors():
+            return bool(self.redis.exists(self._image_key(sha256)))
+
     def drop(self, sha256s: list[str], job_ids: list[str]) -> int:
         """Delete images and embeddings outright (erasure); returns the keys deleted."""
         keys = [self._image_key(s) for s in sha256s] + [self._refs_key(s) for s in sha256s]
@@ -126,3 +132,48 @@ class PipelineState:
         with redis_errors():
             # WATCH refs: a job that adds itself meanwhile makes the transaction run again.
             self.redis.transaction(drop, refs)
+
+
+class DegradedJobs:
+    """Jobs answered by the simulated fallback, waiting to be re-scored (aurum_ml.recovery)."""
+
+    _ids = "aurum:degraded"
+    _expired = "aurum:degraded:expired"
+
+    def __init__(self, client: Any, keep_s: int) -> None:
+        self.redis = client
+        self.keep_s = keep_s
+
+    def _key(self, job_id: str) -> str:
+        return f"aurum:degraded:job:{job_id}"
+
+    def record(self, job: Job) -> None:
+        with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._key(job.job_id), job.model_dump_json(), ex=self.keep_s)
+            pipe.zadd(self._ids, {job.job_id: job.submitted_at})
+            pipe.execute()
+
+    def pending(self) -> list[str]:
+        with redis_errors():
+            return [m.decode() for m in self.redis.zrange(self._ids, 0, -1)]
+
+    def expired(self) -> list[str]:
+        with redis_errors():
+            return [m.decode() for m in self.redis.zrange(self._expired, 0, -1)]
+
+    def load(self, job_id: str) -> Job | None:
+        with redis_errors():
+            raw = self.redis.get(self._key(job_id))
+        return None if raw is None else Job.model_validate_json(raw)
+
+    def done(self, job_id: str) -> None:
+        with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self._ids, job_id)
+            pipe.delete(self._key(job_id))
+            pipe.execute()
+
+    def expire(self, job_id: str) -> None:
+        with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self._ids, job_id)
+            pipe.zadd(self._expired, {job_id: time.time()})
+            pipe.execute()

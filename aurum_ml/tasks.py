@@ -11,16 +11,21 @@ exception from :mod:`aurum_ml.errors`.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
-from celery import Task, chain
+from celery import Task, chain, states
 
 from aurum_ml import queries, stages
+from aurum_ml.backends import FaceBackend
 from aurum_ml.celery_app import app
-from aurum_ml.errors import BadInput, PermanentError, RetryableError
+from aurum_ml.errors import BadInput, PermanentError, RetryableError, ServiceUnavailable
 from aurum_ml.forget import forget_user as forget_user_everywhere
+from aurum_ml.health import fallback_state, probe
 from aurum_ml.imaging import decode_base64, inspect_image
+from aurum_ml.recovery import rescore_degraded as rescore_degraded_jobs
 from aurum_ml.rerank import rerank as rerank_index
 from aurum_ml.runtime import get_runtime
 from aurum_ml.schemas import Job, Result
@@ -31,7 +36,9 @@ __all__ = [
     "forget_user",
     "get_score",
     "leaderboard",
+    "probe_health",
     "rerank",
+    "rescore_degraded",
     "score",
     "score_face",
     "similar",
@@ -40,6 +47,7 @@ __all__ = [
 ]
 
 MAX_USER_ID = 128
+log = logging.getLogger("aurum_ml.tasks")
 
 
 class PipelineTask(Task):
@@ -131,12 +139,43 @@ def score_face(
     return self.replace(chain(detect.s(_dump(job)), embed.s(), score.s(), store.s()))
 
 
+def _with_service_or_fallback(
+    task: Task,
+    service: FaceBackend | None,
+    fallback: FaceBackend,
+    run: Callable[[FaceBackend], Job],
+) -> Job:
+    """The service, unless there is none (USE_REAL_ML off, no URL) or the fallback flag is
+    on; when the service is still unavailable on the last retry, the fallback — both only
+    with FALLBACK_TO_SIMULATED. Otherwise ServiceUnavailable goes to Celery's autoretry."""
+    settings = get_runtime().settings
+    if service is None:
+        return run(fallback)
+    if settings.fallback_to_simulated and fallback_state(get_runtime().state.redis).active:
+        return run(fallback)
+    try:
+        return run(service)
+    except ServiceUnavailable as exc:
+        if settings.fallback_to_simulated and task.request.retries >= task.max_retries:
+            log.warning(
+                "%s: service still unavailable after retries (%s): fallback", task.name, exc
+            )
+            return run(fallback)
+        raise
+
+
 @app.task(bind=True, base=PipelineTask, name="aurum_ml.detect")
 def detect(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     rt = get_runtime()
+    current = Job.model_validate(job)
     return _dump(
-        stages.detect(
-            Job.model_validate(job), state=rt.state, backend=rt.detector, settings=rt.settings
+        _with_service_or_fallback(
+            self,
+            rt.detect_service,
+            rt.fallback,
+            lambda backend: stages.detect(
+                current, state=rt.state, backend=backend, settings=rt.settings
+            ),
         )
     )
 
@@ -144,7 +183,15 @@ def detect(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 @app.task(bind=True, base=PipelineTask, name="aurum_ml.embed")
 def embed(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     rt = get_runtime()
-    return _dump(stages.embed(Job.model_validate(job), state=rt.state, backend=rt.embedder))
+    current = Job.model_validate(job)
+    return _dump(
+        _with_service_or_fallback(
+            self,
+            rt.embed_service,
+            rt.fallback,
+            lambda backend: stages.embed(current, state=rt.state, backend=backend),
+        )
+    )
 
 
 @app.task(bind=True, base=PipelineTask, name="aurum_ml.score")
@@ -165,6 +212,7 @@ def store(self: Task, job: dict[str, Any]) -> dict[str, Any]:
             vectors=rt.vectors,
             index=rt.index,
             users=rt.users,
+            degraded=rt.degraded,
             settings=rt.settings,
         )
     )
@@ -177,6 +225,23 @@ def store(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 def rerank() -> dict[str, Any]:
     """Recompute every stored face's typicality and score (beat-scheduled)."""
     return rerank_index(get_runtime()).as_dict()
+
+
+@app.task(base=PipelineTask, name="aurum_ml.probe_health")
+def probe_health() -> dict[str, Any]:
+    """Probe the services, keep the fallback flag (beat-scheduled every interval)."""
+    rt = get_runtime()
+    return probe(rt.state.redis, rt.settings, on_recovery=lambda: rescore_degraded.delay())
+
+
+@app.task(base=PipelineTask, name="aurum_ml.rescore_degraded")
+def rescore_degraded() -> dict[str, Any]:
+    """Re-score the simulated fallback's results through the services (same job ids)."""
+
+    def replace(job_id: str, result: dict[str, Any]) -> None:
+        app.backend.store_result(job_id, result, states.SUCCESS)
+
+    return rescore_degraded_jobs(get_runtime(), replace)
 
 
 @app.task(base=PipelineTask, name="aurum_ml.get_score")

@@ -25,6 +25,7 @@ def detect(job: Job, *, state: PipelineState, backend: FaceBackend, settings: Se
     job = job.model_copy(
         update={
             "model": backend.model,
+            "degraded": job.degraded or backend.source == "simulated",
             "timings_ms": job.timings_ms.model_copy(update={"detect": round(elapsed, 1)}),
         }
     )

@@ -25,6 +25,7 @@ def embed(job: Job, *, state: PipelineState, backend: FaceBackend) -> Job:
     return job.model_copy(
         update={
             "source": backend.source,  # the stored vector's origin
+            "degraded": job.degraded or backend.source == "simulated",
             "timings_ms": job.timings_ms.model_copy(update={"embed": round(elapsed, 1)}),
         }
     )

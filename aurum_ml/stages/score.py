@@ -32,6 +32,15 @@ def score(job: Job, *, state: PipelineState, index: ScoreIndex, settings: Settin
     timings = job.timings_ms.model_copy(
         update={"score": round((time.perf_counter() - started) * 1000, 1)}
     )
+    if job.degraded:  # a simulated face and vector: measured, never ranked
+        return job.model_copy(
+            update={
+                "quality": quality,
+                "timings_ms": timings,
+                "message": "scored on the simulated fallback: the score follows when the "
+                "ML services are back",
+            }
+        )
     if quality.issues and settings.quality_gate:
         return job.model_copy(update={"quality": quality, "timings_ms": timings}).reject(
             "low_quality", describe(quality.issues)

@@ -11,7 +11,7 @@ from aurum_ml.errors import ImageExpired
 from aurum_ml.index import ScoreIndex
 from aurum_ml.schemas import Job, Match, Result
 from aurum_ml.settings import Settings
-from aurum_ml.state import PipelineState
+from aurum_ml.state import DegradedJobs, PipelineState
 from aurum_ml.users import UserRecords
 from aurum_ml.vectors import VectorStore
 
@@ -23,15 +23,22 @@ def store(
     vectors: VectorStore,
     index: ScoreIndex,
     users: UserRecords,
+    degraded: DegradedJobs,
     settings: Settings,
 ) -> Result:
     started = time.perf_counter()
-    if job.status == "rejected" or job.point_id is None:
+    if job.degraded and job.status != "rejected":
+        # Simulated: nothing goes into the collection or the index; the image stays (within
+        # its TTL) for the re-score once the services are back.
+        job = job.model_copy(update={"status": "scored"})
+        degraded.record(job)
+    elif job.status == "rejected" or job.point_id is None:
         users.rejected(job.user_id, job.image_sha256, job.job_id)
+        state.release(job.image_sha256, job.job_id)
     else:
         job = _store_face(job, vectors=vectors, index=index, users=users, state=state,
                           settings=settings)  # fmt: skip
-    state.release(job.image_sha256, job.job_id)
+        state.release(job.image_sha256, job.job_id)
     elapsed = (time.perf_counter() - started) * 1000
     total = (time.time() - job.submitted_at) * 1000
     timings = job.timings_ms.model_copy(

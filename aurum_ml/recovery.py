@@ -1,0 +1,64 @@
+"""Recovery of degraded results: jobs the simulated fallback answered are re-scored through
+the services once they are back, under the same job id.
+
+The store stage records each degraded job (``aurum:degraded`` sorted by submission time, the
+job itself in ``aurum:degraded:{job_id}``) and keeps its image. ``rescore_degraded`` — which
+the probe enqueues when the fallback flag turns off, and which can be run by hand — runs each
+through detect → embed → score → store with the services (or the in-process models when no
+service is configured), replaces the result stored under the job id and the user's cached
+result, and forgets the record. A job whose image has expired meanwhile is moved to
+``aurum:degraded:expired`` and reported: never dropped silently.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aurum_ml import stages
+from aurum_ml.runtime import Runtime
+from aurum_ml.schemas import Job, Result, Timings
+
+__all__ = ["rescore_degraded"]
+
+
+def rescore_degraded(
+    runtime: Runtime, replace_result: Callable[[str, dict[str, Any]], None] = lambda i, r: None
+) -> dict[str, Any]:
+    """Re-score every degraded job; returns the job ids re-scored and those expired."""
+    degraded = runtime.degraded
+    detector = runtime.detect_service or runtime.local
+    embedder = runtime.embed_service or runtime.local
+    rescored, expired = [], []
+    for job_id in degraded.pending():
+        record = degraded.load(job_id)
+        if record is None or not runtime.state.has_image(record.image_sha256):
+            degraded.expire(job_id)
+            expired.append(job_id)
+            continue
+        job = Job(
+            job_id=record.job_id,
+            status="pending",
+            user_id=record.user_id,
+            image_sha256=record.image_sha256,
+            allow_multiple_faces=record.allow_multiple_faces,
+            submitted_at=time.time(),
+            timings_ms=Timings(),
+        )
+        job = stages.detect(job, state=runtime.state, backend=detector, settings=runtime.settings)
+        job = stages.embed(job, state=runtime.state, backend=embedder)
+        job = stages.score(job, state=runtime.state, index=runtime.index, settings=runtime.settings)
+        result: Result = stages.store(
+            job,
+            state=runtime.state,
+            vectors=runtime.vectors,
+            index=runtime.index,
+            users=runtime.users,
+            degraded=runtime.degraded,
+            settings=runtime.settings,
+        )
+        replace_result(job_id, result.model_dump(mode="json"))
+        degraded.done(job_id)
+        rescored.append(job_id)
+    return {"rescored": rescored, "expired": expired, "expired_total": len(degraded.expired())}
