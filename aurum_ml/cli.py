@@ -277,6 +277,103 @@ def forget_command(user_id: str, as_json: bool) -> None:
     )
 
 
+def _or_dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+@main.command("health")
+@_json_option
+def health_command(as_json: bool) -> None:
+    """Probe the ML services now: status, latency, availability over the probe window.
+    Exit 1 when a configured service is not healthy."""
+    from aurum_ml.backends.http import ServiceClient
+    from aurum_ml.errors import AurumError
+    from aurum_ml.health import last_probes, services_of
+    from aurum_ml.state import connect
+
+    settings = get_settings()
+    try:
+        window = last_probes(connect(settings), settings)
+    except AurumError:
+        window = {}
+    report: dict[str, Any] = {}
+    entry: dict[str, Any]
+    for name, url in services_of(settings).items():
+        client = ServiceClient(url, settings.health_timeout_s, settings.ml_service_token)
+        try:
+            health, latency = client.health()
+            entry = {
+                "status": health.status if health else "ok",
+                "latency_ms": round(latency * 1000, 1),
+            }
+            entry |= {"model": health.model, "version": health.version} if health else {}
+        except AurumError as exc:
+            entry = {"status": "down", "error": str(exc)}
+        report[name] = {
+            "url": url,
+            **entry,
+            "availability": window.get(name, {}).get("availability"),
+        }
+    _emit(
+        report,
+        as_json,
+        lambda r: (
+            [
+                f"{name:<10} {e['status']:<8} {e.get('latency_ms', '-')!s:>7} ms  "
+                f"availability {_or_dash(e['availability'])}  {e['url']}"
+                for name, e in r.items()
+            ]
+            or ["no ML service configured (FACE_DETECTION_SERVICE, FACE_EMBEDDING_SERVICE)"]
+        ),
+    )
+    if any(e["status"] != "ok" for e in report.values()):
+        sys.exit(1)
+
+
+@main.command("status")
+@_json_option
+def status_command(as_json: bool) -> None:
+    """The fallback flag (null = no fresh flag: the probe is not running), its age, the
+    last probe of each service, and degraded jobs waiting to be re-scored."""
+    from aurum_ml.errors import AurumError
+    from aurum_ml.health import fallback_state, last_probes, transitions
+    from aurum_ml.state import DegradedJobs, connect
+
+    settings = get_settings()
+    client = connect(settings)
+    try:
+        state = fallback_state(client)
+        degraded = DegradedJobs(client, keep_s=settings.result_expires_s)
+        report = {
+            "fallback": state.as_dict(),
+            "services": last_probes(client, settings),
+            "transitions": transitions(client),
+            "degraded": {"pending": len(degraded.pending()), "expired": len(degraded.expired())},
+        }
+    except AurumError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    def lines(r: dict[str, Any]) -> list[str]:
+        flag = r["fallback"]
+        active = {True: "ON", False: "off", None: "unknown (no fresh flag)"}[flag["active"]]
+        out = [
+            f"fallback: {active}" + (f" for {flag['age_s']} s" if flag["age_s"] is not None else "")
+        ]
+        if flag["reason"]:
+            out.append(f"  reason: {flag['reason']}")
+        for name, e in r["services"].items():
+            out.append(
+                f"{name}: last probe {'ok' if e['ok'] else 'failed'}, "
+                f"availability {_or_dash(e['availability'])}"
+            )
+        out.append(
+            f"degraded jobs: {r['degraded']['pending']} pending, {r['degraded']['expired']} expired"
+        )
+        return out
+
+    _emit(report, as_json, lines)
+
+
 _SERVICES = {"detection": 8001, "embedding": 8002}
 
 

@@ -163,9 +163,10 @@ def _decide(
     active = not recovered if was_active else bool(failing)
     changed = previous is None or active != was_active
     since = previous["since"] if previous and not changed else now
-    reason = "; ".join(failing) if active and failing else (previous or {}).get("reason")
-    if not active:
-        reason = None
+    if active and was_active:
+        reason = previous["reason"] if previous else None  # why it turned on, kept
+    else:
+        reason = "; ".join(failing) if active else None
     flag = {"active": active, "since": since, "probed_at": now, "reason": reason}
     ttl = max(1, round(3 * settings.health_probe_interval_s))
     with redis_errors():

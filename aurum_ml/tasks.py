@@ -239,6 +239,9 @@ def rescore_degraded() -> dict[str, Any]:
     """Re-score the simulated fallback's results through the services (same job ids)."""
 
     def replace(job_id: str, result: dict[str, Any]) -> None:
+        # The backend never overwrites a SUCCESS (its guard against duplicate deliveries):
+        # forget the simulated result first.
+        app.backend.forget(job_id)
         app.backend.store_result(job_id, result, states.SUCCESS)
 
     return rescore_degraded_jobs(get_runtime(), replace)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEST_REDIS
 from samples import no_face
 
 BIN = Path(sys.executable).parent
+TEST_REDIS = os.environ["AURUM_BROKER_URL"]  # set by tests/conftest.py
 RABBIT = os.environ.get("AURUM_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
 
 

@@ -78,13 +78,18 @@ class FaultServer:
                 if behaviour == "garbage":
                     self._send(200, b"<html>not the contract</html>", "text/html")
                     return
-                upstream = requests.request(
-                    self.command,
-                    owner.upstream + self.path,
-                    data=body,
-                    headers={k: v for k, v in self.headers.items() if k.lower() != "host"},
-                    timeout=30,
-                )
+                try:
+                    upstream = requests.request(
+                        self.command,
+                        owner.upstream + self.path,
+                        data=body,
+                        headers={k: v for k, v in self.headers.items() if k.lower() != "host"},
+                        timeout=30,
+                    )
+                except requests.ConnectionError:  # the service is down: so are we
+                    self.close_connection = True
+                    self.connection.close()
+                    return
                 self._send(upstream.status_code, upstream.content)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)

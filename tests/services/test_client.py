@@ -15,8 +15,7 @@ from aurum_ml.runtime import build_runtime, set_runtime
 
 from faults import FaultServer
 from samples import b64, read_rgb
-
-TOKEN = "test-token"  # the services' token (tests/services/conftest.py)
+from servers import TOKEN
 
 TIMEOUT = 120
 FACE = Detection(box=(366, 136, 624, 394), landmarks=((571, 217),) * 5, score=2.4)
