@@ -84,3 +84,18 @@ def pipeline_worker(runtime, model) -> Iterator[object]:
 
     with run_worker(app, QUEUES, hostname="test-all@localhost") as worker:
         yield worker
+
+
+@pytest.fixture()
+def tasks_run() -> Iterator[list[str]]:
+    """Names of the tasks the worker starts during the test, in order (retries included)."""
+    from celery.signals import task_prerun
+
+    names: list[str] = []
+
+    def record(sender=None, **_):
+        names.append(sender.name)
+
+    task_prerun.connect(record, weak=False)
+    yield names
+    task_prerun.disconnect(record)

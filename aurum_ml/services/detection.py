@@ -6,10 +6,8 @@ import time
 
 from fastapi import APIRouter, FastAPI
 
-from aurum_ml.errors import BadInput
-from aurum_ml.imaging import decode_base64, decode_image
 from aurum_ml.schemas import DetectedFace, DetectRequest, DetectResponse
-from aurum_ml.services.app import LoadedModel, bad_input, create_service
+from aurum_ml.services.app import LoadedModel, create_service, request_image
 from aurum_ml.settings import Settings
 
 routes = APIRouter()
@@ -19,10 +17,7 @@ routes = APIRouter()
 def detect(request: DetectRequest, model: LoadedModel) -> DetectResponse:
     """Faces in the image, largest first, scoring at least ``min_confidence``."""
     started = time.perf_counter()
-    try:
-        image = decode_image(decode_base64(request.image_base64, model.settings), model.settings)
-    except BadInput as exc:
-        raise bad_input(exc) from None
+    image = request_image(request.image_base64, model.settings)
     faces = model.detect_image(image, upsample=request.upsample, min_score=request.min_confidence)
     if request.max_faces is not None:
         faces = faces[: request.max_faces]

@@ -7,10 +7,8 @@ import time
 from fastapi import APIRouter, FastAPI
 
 from aurum_ml.backends import Detection
-from aurum_ml.errors import BadInput
-from aurum_ml.imaging import decode_base64, decode_image
 from aurum_ml.schemas import ExtractRequest, ExtractResponse
-from aurum_ml.services.app import LoadedModel, ServiceError, bad_input, create_service
+from aurum_ml.services.app import LoadedModel, ServiceError, create_service, request_image
 from aurum_ml.settings import Settings
 
 routes = APIRouter()
@@ -21,10 +19,7 @@ routes = APIRouter()
 def extract(request: ExtractRequest, model: LoadedModel) -> ExtractResponse:
     """With ``face``: align from its landmarks (no detection). Without: the largest face."""
     started = time.perf_counter()
-    try:
-        image = decode_image(decode_base64(request.image_base64, model.settings), model.settings)
-    except BadInput as exc:
-        raise bad_input(exc) from None
+    image = request_image(request.image_base64, model.settings)
     if request.face is not None:
         x1, y1, x2, y2 = request.face.bounding_box
         face = Detection(

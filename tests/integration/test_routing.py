@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from celery.signals import task_prerun
 
 from aurum_ml.celery_app import app
 from aurum_ml.embedded import run_worker
@@ -17,15 +16,8 @@ TIMEOUT = 60
 
 
 @pytest.fixture()
-def ran(redis_client):
-    names: list[str] = []
-
-    def record(sender=None, **_):
-        names.append(sender.name)
-
-    task_prerun.connect(record, weak=False)
-    yield names
-    task_prerun.disconnect(record)
+def ran(tasks_run, redis_client):
+    return tasks_run
 
 
 def _wait_for_queue(redis_client, queue: str, length: int, seconds: float = 30) -> int:

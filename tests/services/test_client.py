@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from celery.signals import task_prerun, task_retry
+from celery.signals import task_retry
 
 from aurum_ml import tasks
 from aurum_ml.backends import Detection
@@ -118,15 +118,8 @@ def via_services(runtime, detection_url, embedding_url):
 
 
 @pytest.fixture()
-def attempts():
-    counted: list[str] = []
-
-    def count(sender=None, **_):
-        counted.append(sender.name)
-
-    task_prerun.connect(count, weak=False)
-    yield counted
-    task_prerun.disconnect(count)
+def attempts(tasks_run):
+    return tasks_run
 
 
 def test_the_chain_runs_through_the_services(

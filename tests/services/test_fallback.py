@@ -352,3 +352,17 @@ def test_the_simulated_backend_is_deterministic_and_needs_no_model(settings, pho
     vector = backend.embed(data, face)
     assert vector.shape == (128,) and abs(float(np.linalg.norm(vector)) - 1) < 1e-5
     assert np.array_equal(vector, backend.embed(data, face))
+
+
+def test_a_degraded_job_whose_image_expired_is_reported_not_dropped(runtime, redis_client):
+    from aurum_ml.recovery import rescore_degraded
+    from aurum_ml.schemas import Job
+
+    _clear_health(redis_client)
+    job = Job(job_id="job-expired", status="scored", user_id="u-expired", image_sha256="f" * 64,
+              submitted_at=time.time(), degraded=True)  # fmt: skip
+    runtime.degraded.record(job)  # its image is not (any longer) in Redis
+    report = rescore_degraded(runtime)
+    assert report["rescored"] == [] and report["expired"] == ["job-expired"]
+    assert runtime.degraded.pending() == [] and "job-expired" in runtime.degraded.expired()
+    _clear_health(redis_client)

@@ -10,6 +10,7 @@ import pytest
 
 from aurum_ml.imaging import decode_image
 
+from photos import NAMES
 from samples import no_face, read_rgb, two_faces
 
 
@@ -17,18 +18,7 @@ def _faces(model, settings, data):
     return model.detect_image(decode_image(data, settings))
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "obama.jpg",
-        "obama2.jpg",
-        "obama3.jpg",
-        "obama_partial_face.jpg",
-        "obama_partial_face2.jpg",
-        "32bit.png",
-        "biden.jpg",
-    ],
-)
+@pytest.mark.parametrize("name", NAMES)
 def test_one_face_inside_the_image(name, model, settings, photos):
     image = read_rgb(photos / name)
     height, width = image.shape[:2]
