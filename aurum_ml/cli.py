@@ -374,6 +374,29 @@ def status_command(as_json: bool) -> None:
     _emit(report, as_json, lines)
 
 
+@main.command("metrics")
+@click.option("--port", type=int, help="Serve them over HTTP on this port instead.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+def metrics_command(port: int | None, host: str) -> None:
+    """Prometheus metrics Flower lacks: fallback flag, probes, queue depth, degraded jobs."""
+    from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+
+    from aurum_ml.metrics import PipelineCollector
+    from aurum_ml.runtime import get_runtime
+    from celeryconfig import QUEUES
+
+    registry = CollectorRegistry()
+    registry.register(PipelineCollector(get_runtime(), QUEUES))
+    if port is None:
+        click.echo(generate_latest(registry).decode(), nl=False)
+        return
+    start_http_server(port, addr=host, registry=registry)
+    click.echo(f"serving metrics on http://{host}:{port}/metrics", err=True)
+    import threading
+
+    threading.Event().wait()
+
+
 _SERVICES = {"detection": 8001, "embedding": 8002}
 
 

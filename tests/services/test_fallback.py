@@ -366,3 +366,29 @@ def test_a_degraded_job_whose_image_expired_is_reported_not_dropped(runtime, red
     assert report["rescored"] == [] and report["expired"] == ["job-expired"]
     assert runtime.degraded.pending() == [] and "job-expired" in runtime.degraded.expired()
     _clear_health(redis_client)
+
+
+def test_metrics_export_the_flag_transitions_and_queues(
+    clean_health, redis_client, runtime, detection_url
+):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from aurum_ml.metrics import PipelineCollector
+
+    proxy = FaultServer(detection_url, ["503", "503"]).start()
+    settings = _tuned(runtime, face_detection_service=proxy.url, health_probe_interval_s=0.2)
+    try:
+        _probe(redis_client, settings)  # the first 503: one failure, the flag stays off
+        _probe(redis_client, settings)  # the second 503: on
+        _probe(redis_client, settings)  # ok
+        _probe(redis_client, settings)  # ok: off
+    finally:
+        proxy.stop()
+    registry = CollectorRegistry()
+    registry.register(PipelineCollector(build_runtime(settings, local=runtime.local), ("embed",)))
+    text = generate_latest(registry).decode()
+    assert "aurum_fallback_active 0.0" in text
+    assert 'aurum_fallback_transitions_total{to="on"} 1.0' in text
+    assert 'aurum_fallback_transitions_total{to="off"} 1.0' in text
+    assert 'aurum_service_up{service="detection"} 1.0' in text
+    assert 'aurum_queue_messages{queue="embed"}' in text

@@ -1,0 +1,87 @@
+"""Prometheus metrics of the pipeline that Flower does not export.
+
+Flower exports task and worker series; it has no queue depth and knows nothing of the
+fallback flag. This collector reads them from Redis at scrape time:
+
+- ``aurum_fallback_active`` 1 on, 0 off, -1 unknown (no fresh flag: is beat running?);
+- ``aurum_fallback_transitions_total{to="on"|"off"}``;
+- ``aurum_service_up{service}``, ``aurum_service_availability{service}``,
+  ``aurum_service_latency_seconds{service}`` from the last probes;
+- ``aurum_queue_messages{queue}`` waiting messages per Celery queue (Redis broker only);
+- ``aurum_degraded_jobs{state="pending"|"expired"}``; ``aurum_faces{model}``.
+
+``aurum-ml metrics`` prints them (for a node-exporter textfile), or serves them with
+``--port``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from aurum_ml.health import fallback_state, last_probes, transitions
+from aurum_ml.runtime import Runtime
+from aurum_ml.state import redis_errors
+
+__all__ = ["PipelineCollector"]
+
+
+class PipelineCollector(Collector):
+    def __init__(self, runtime: Runtime, queues: tuple[str, ...]) -> None:
+        self.runtime = runtime
+        self.queues = queues
+
+    def collect(self) -> Iterator[Any]:
+        client, settings = self.runtime.state.redis, self.runtime.settings
+        state = fallback_state(client)
+        yield GaugeMetricFamily(
+            "aurum_fallback_active",
+            "Fallback flag: 1 on, 0 off, -1 unknown (no fresh flag)",
+            value={True: 1, False: 0, None: -1}[state.active],
+        )
+        counter = CounterMetricFamily(
+            "aurum_fallback_transitions", "Fallback flag transitions", labels=["to"]
+        )
+        counts = transitions(client)
+        for to in ("on", "off"):
+            counter.add_metric([to], counts.get(to, 0))
+        yield counter
+
+        up = GaugeMetricFamily("aurum_service_up", "Last probe succeeded", labels=["service"])
+        availability = GaugeMetricFamily(
+            "aurum_service_availability", "Successes over the probe window", labels=["service"]
+        )
+        latency = GaugeMetricFamily(
+            "aurum_service_latency_seconds", "Latency of the last probe", labels=["service"]
+        )
+        for name, seen in last_probes(client, settings).items():
+            if seen["ok"] is not None:
+                up.add_metric([name], int(seen["ok"]))
+                latency.add_metric([name], (seen["latency_ms"] or 0) / 1000)
+            if seen["availability"] is not None:
+                availability.add_metric([name], seen["availability"])
+        yield from (up, availability, latency)
+
+        if settings.broker_url and settings.broker_url.startswith(("redis://", "rediss://")):
+            broker = redis.Redis.from_url(settings.broker_url, socket_timeout=5)
+            depth = GaugeMetricFamily(
+                "aurum_queue_messages", "Messages waiting in a queue", labels=["queue"]
+            )
+            with redis_errors():
+                for queue in self.queues:  # kombu keeps a Redis queue as a list of that name
+                    depth.add_metric([queue], int(broker.llen(queue)))
+            yield depth
+
+        degraded = GaugeMetricFamily(
+            "aurum_degraded_jobs", "Simulated results awaiting re-score", labels=["state"]
+        )
+        degraded.add_metric(["pending"], len(self.runtime.degraded.pending()))
+        degraded.add_metric(["expired"], len(self.runtime.degraded.expired()))
+        yield degraded
+        faces = GaugeMetricFamily("aurum_faces", "Faces in the score index", labels=["model"])
+        faces.add_metric([self.runtime.index.model], self.runtime.index.count())
+        yield faces
