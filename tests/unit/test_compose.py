@@ -1,0 +1,60 @@
+"""docker-compose.yml stays consistent with the code (no Docker engine here to run it):
+every queue has its worker pool, one beat, real commands, known variables, private ports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from aurum_ml.cli import main as cli
+from aurum_ml.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def _commands(compose: dict) -> dict[str, list[str]]:
+    return {name: s.get("command", []) for name, s in compose["services"].items()}
+
+
+def test_every_queue_has_exactly_one_worker_pool(compose):
+    from celeryconfig import QUEUES
+
+    consumed: list[str] = []
+    for command in _commands(compose).values():
+        if command[:4] == ["celery", "-A", "aurum_ml", "worker"]:
+            consumed += command[command.index("-Q") + 1].split(",")
+    assert sorted(consumed) == sorted(QUEUES)
+
+
+def test_one_beat_and_it_keeps_its_schedule(compose):
+    beats = [n for n, c in _commands(compose).items() if c[3:4] == ["beat"]]
+    assert beats == ["beat"]
+    assert compose["services"]["beat"]["deploy"]["replicas"] == 1
+
+
+def test_the_aurum_commands_exist(compose):
+    for command in _commands(compose).values():
+        if command and command[0] == "aurum-ml":
+            assert command[1] in cli.commands, command
+            if command[1] == "serve":
+                assert command[2] in ("detection", "embedding")
+
+
+def test_environment_names_are_settings(compose):
+    known = {field.validation_alias for field in Settings.model_fields.values()}
+    environment = compose["x-app"]["environment"]
+    assert set(environment) <= known
+    assert environment["QDRANT_URL"].startswith("http://qdrant:")  # a server: many stores
+
+
+def test_published_ports_are_private(compose):
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), (name, port)
