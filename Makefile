@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup photos demo test lint worker bench bench-services clean
+.PHONY: setup photos demo test lint worker bench bench-pipeline bench-services clean
 
 setup: $(VENV)/.installed  ## create .venv and install the project with its test extra
 
@@ -27,7 +27,10 @@ lint: setup
 	$(BIN)/ruff format --check aurum_ml tests bench celeryconfig.py
 	$(BIN)/mypy
 
-bench: bench-services  ## every benchmark; numbers go to BENCHMARKS.md
+bench: bench-pipeline bench-services  ## every benchmark; numbers go to BENCHMARKS.md
+
+bench-pipeline: photos  ## the whole chain on Redis and worker processes vs the raw model loop
+	$(BIN)/python bench/pipeline.py
 
 bench-services: photos  ## ML services (1 and 2 uvicorn workers) vs the in-process call
 	$(BIN)/python bench/services.py
