@@ -27,7 +27,7 @@ from aurum_ml.health import fallback_state, probe
 from aurum_ml.imaging import decode_base64, inspect_image
 from aurum_ml.recovery import rescore_degraded as rescore_degraded_jobs
 from aurum_ml.rerank import rerank as rerank_index
-from aurum_ml.runtime import get_runtime
+from aurum_ml.runtime import Runtime, get_runtime
 from aurum_ml.schemas import Job, Result
 
 __all__ = [
@@ -140,27 +140,20 @@ def score_face(
 
 
 def _with_service_or_fallback(
-    task: Task,
-    service: FaceBackend | None,
-    fallback: FaceBackend,
-    run: Callable[[FaceBackend], Job],
+    task: Task, rt: Runtime, service: FaceBackend | None, run: Callable[[FaceBackend], Job]
 ) -> Job:
     """The service, unless there is none (USE_REAL_ML off, no URL) or the fallback flag is
     on; when the service is still unavailable on the last retry, the fallback — both only
     with FALLBACK_TO_SIMULATED. Otherwise ServiceUnavailable goes to Celery's autoretry."""
-    settings = get_runtime().settings
-    if service is None:
-        return run(fallback)
-    if settings.fallback_to_simulated and fallback_state(get_runtime().state.redis).active:
-        return run(fallback)
+    may_fall_back = rt.settings.fallback_to_simulated
+    if service is None or (may_fall_back and fallback_state(rt.state.redis).active):
+        return run(rt.fallback)
     try:
         return run(service)
     except ServiceUnavailable as exc:
-        if settings.fallback_to_simulated and task.request.retries >= task.max_retries:
-            log.warning(
-                "%s: service still unavailable after retries (%s): fallback", task.name, exc
-            )
-            return run(fallback)
+        if may_fall_back and task.request.retries >= task.max_retries:
+            log.warning("%s: service unavailable after retries (%s): fallback", task.name, exc)
+            return run(rt.fallback)
         raise
 
 
@@ -171,8 +164,8 @@ def detect(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     return _dump(
         _with_service_or_fallback(
             self,
+            rt,
             rt.detect_service,
-            rt.fallback,
             lambda backend: stages.detect(
                 current, state=rt.state, backend=backend, settings=rt.settings
             ),
@@ -187,8 +180,8 @@ def embed(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     return _dump(
         _with_service_or_fallback(
             self,
+            rt,
             rt.embed_service,
-            rt.fallback,
             lambda backend: stages.embed(current, state=rt.state, backend=backend),
         )
     )
