@@ -65,9 +65,10 @@ def run_worker(
 
 
 def restore(runtime: Runtime) -> None:
-    """Rebuild the in-process state from the Qdrant folder: the score index (a re-rank)
-    and the users' cooldowns."""
-    rerank(runtime)
+    """Rebuild the in-process state from the Qdrant folder: the score index (a re-rank that
+    leaves the stored payloads alone: start-up should not rewrite the collection) and the
+    users' cooldowns."""
+    rerank(runtime, update_payloads=False)
     latest: dict[str, dict] = {}
     for _, _, payload in runtime.vectors.points(with_payload=True):
         user = payload.get("user_id")

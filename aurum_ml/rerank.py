@@ -65,8 +65,9 @@ def summarize(scores: np.ndarray, typicalities: np.ndarray) -> dict[str, Any]:
     return {"distribution": distribution, "thresholds": thresholds}
 
 
-def rerank(runtime: Runtime) -> RerankReport:
-    """Recompute and swap in the index of ``runtime``'s model; update stored payloads."""
+def rerank(runtime: Runtime, update_payloads: bool = True) -> RerankReport:
+    """Recompute and swap in the index of ``runtime``'s model; update the stored payloads'
+    scores and vibes unless ``update_payloads`` is false (a start-up restore)."""
     started = time.perf_counter()
     settings, index, vectors = runtime.settings, runtime.index, runtime.vectors
     ids: list[str] = []
@@ -96,6 +97,7 @@ def rerank(runtime: Runtime) -> RerankReport:
     index.replace(build)
     members: list[str] = result["members"]
     frozen = False
+    reference = None
     if members:
         units, typicalities, scores = result["units"], result["typ"], result["scores"]
         reference = index.vibe_reference()
@@ -104,6 +106,7 @@ def rerank(runtime: Runtime) -> RerankReport:
             if len(members) >= settings.vibe_reference_min_faces:
                 frozen = index.freeze_vibe_reference(reference)
                 reference = index.vibe_reference() or reference
+    if members and update_payloads and reference is not None:
         percentiles = midrank_percentiles(typicalities)
         updates = [
             (
