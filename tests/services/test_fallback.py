@@ -234,7 +234,9 @@ def test_beat_turns_the_flag_on_and_off_and_jobs_fall_back_locally(
     cluster.services["detection"].start()
     _wait_for(lambda: _flag(redis_client) is False, "the flag to turn off")
     window = redis_client.lrange("aurum:health:detection:outcomes", 0, -1)
-    assert window == [b"1", b"1"]  # off after exactly HEALTH_RECOVERY_PROBES successes
+    # off after HEALTH_RECOVERY_PROBES (2) successes: the window restarted with just those
+    # (a third may have arrived since we looked)
+    assert set(window) == {b"1"} and 2 <= len(window) <= 3
     assert health.transitions(redis_client) == {"on": 1, "off": 1}
     assert _score("obama3.jpg", "u-fb-after", photos)["source"] == "service"
 
