@@ -250,3 +250,21 @@ def test_forget_user_leaves_nothing_and_keeps_others_consistent(
         assert score_of(runtime.index.standing(pid).percentile) == expected[pid]
     # forgetting twice is harmless
     assert tasks.forget_user.delay(user).get(timeout=TIMEOUT)["points"] == 0
+
+
+def test_leaderboard_ties_go_to_the_earlier_face(runtime):
+    from aurum_ml.queries import leaderboard
+
+    vector = np.full(128, 0.05, dtype=np.float32)
+    later, earlier = "00000000-0000-4000-9000-000000000001", "00000000-0000-4000-9000-000000000002"
+    runtime.vectors.upsert(later, vector, {"user_id": "u-tie-later", "stored_at": 2000.0})
+    runtime.vectors.upsert(earlier, vector, {"user_id": "u-tie-earlier", "stored_at": 1000.0})
+    for pid in (later, earlier):  # tied at the very top (above any real typicality)
+        runtime.index.add(pid, vector, 1.5)
+    try:
+        top = leaderboard(runtime, 2)
+        assert [t["user_id"] for t in top] == ["u-tie-earlier", "u-tie-later"]
+        assert top[0]["rank"] == top[1]["rank"] == 1
+    finally:
+        runtime.index.remove([(later, vector), (earlier, vector)])
+        runtime.vectors.delete([later, earlier])
