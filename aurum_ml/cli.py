@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -356,9 +357,10 @@ def status_command(as_json: bool) -> None:
     def lines(r: dict[str, Any]) -> list[str]:
         flag = r["fallback"]
         active = {True: "ON", False: "off", None: "unknown (no fresh flag)"}[flag["active"]]
-        out = [
-            f"fallback: {active}" + (f" for {flag['age_s']} s" if flag["age_s"] is not None else "")
-        ]
+        out = [f"fallback: {active}"]
+        if flag["age_s"] is not None:
+            ago = round(time.time() - flag["last_probe"], 1)
+            out[0] += f" for {flag['age_s']} s; last probe {ago} s ago"
         if flag["reason"]:
             out.append(f"  reason: {flag['reason']}")
         for name, e in r["services"].items():
