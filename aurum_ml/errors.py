@@ -41,6 +41,7 @@ Reason = Literal[
     "face_too_small",
     "low_quality",
     "cooldown",
+    "invalid_request",
 ]
 
 __all__ = [

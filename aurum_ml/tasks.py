@@ -104,7 +104,7 @@ def score_face(
     job_id = self.request.id
     if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > MAX_USER_ID:
         message = f"user_id must be a non-empty string of at most {MAX_USER_ID} chars"
-        return _rejection(job_id, user_id, BadInput(message))
+        return _rejection(job_id, user_id, BadInput(message, "invalid_request"))
     runtime.users.note_job(user_id, job_id)
     try:
         data = decode_base64(image_b64, runtime.settings)

@@ -107,7 +107,7 @@ def test_bad_input_is_a_rejection_with_a_reason(
 
 def test_a_bad_user_id_is_a_rejection(pipeline_worker, photos):
     out = score_face.delay(b64((photos / "obama.jpg").read_bytes()), user_id="").get(TIMEOUT)
-    assert (out["status"], out["reason"]) == ("rejected", "invalid_image")
+    assert (out["status"], out["reason"]) == ("rejected", "invalid_request")
     assert "user_id" in out["message"]
 
 
