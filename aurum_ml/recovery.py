@@ -16,9 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aurum_ml import stages
 from aurum_ml.runtime import Runtime
-from aurum_ml.schemas import Job, Result, Timings
+from aurum_ml.schemas import Job, Timings
 
 __all__ = ["rescore_degraded"]
 
@@ -46,18 +45,8 @@ def rescore_degraded(
             submitted_at=time.time(),
             timings_ms=Timings(),
         )
-        job = stages.detect(job, state=runtime.state, backend=detector, settings=runtime.settings)
-        job = stages.embed(job, state=runtime.state, backend=embedder)
-        job = stages.score(job, state=runtime.state, index=runtime.index, settings=runtime.settings)
-        result: Result = stages.store(
-            job,
-            state=runtime.state,
-            vectors=runtime.vectors,
-            index=runtime.index,
-            users=runtime.users,
-            degraded=runtime.degraded,
-            settings=runtime.settings,
-        )
+        job = runtime.score(runtime.embed(runtime.detect(job, detector), embedder))
+        result = runtime.store(job)
         replace_result(job_id, result.model_dump(mode="json"))
         degraded.done(job_id)
         rescored.append(job_id)

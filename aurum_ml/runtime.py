@@ -10,11 +10,13 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from aurum_ml import stages
 from aurum_ml.backends import FaceBackend
 from aurum_ml.backends.http import HttpFaceBackend
 from aurum_ml.backends.local import LocalFaceModel
 from aurum_ml.backends.simulated import SimulatedBackend
 from aurum_ml.index import ScoreIndex
+from aurum_ml.schemas import Job, Result
 from aurum_ml.settings import Settings, get_settings
 from aurum_ml.state import DegradedJobs, PipelineState, connect
 from aurum_ml.users import UserRecords
@@ -35,6 +37,27 @@ class Runtime:
     index: ScoreIndex
     users: UserRecords
     degraded: DegradedJobs
+
+    # The stages, wired to this runtime's parts (the tasks and the re-score call these).
+    def detect(self, job: Job, backend: FaceBackend) -> Job:
+        return stages.detect(job, state=self.state, backend=backend, settings=self.settings)
+
+    def embed(self, job: Job, backend: FaceBackend) -> Job:
+        return stages.embed(job, state=self.state, backend=backend)
+
+    def score(self, job: Job) -> Job:
+        return stages.score(job, state=self.state, index=self.index, settings=self.settings)
+
+    def store(self, job: Job) -> Result:
+        return stages.store(
+            job,
+            state=self.state,
+            vectors=self.vectors,
+            index=self.index,
+            users=self.users,
+            degraded=self.degraded,
+            settings=self.settings,
+        )
 
 
 def build_runtime(settings: Settings, local: LocalFaceModel | None = None) -> Runtime:

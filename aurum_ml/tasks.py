@@ -18,7 +18,7 @@ from typing import Any
 
 from celery import Task, chain, states
 
-from aurum_ml import queries, stages
+from aurum_ml import queries
 from aurum_ml.backends import FaceBackend
 from aurum_ml.celery_app import app
 from aurum_ml.errors import BadInput, PermanentError, RetryableError, ServiceUnavailable
@@ -166,9 +166,7 @@ def detect(self: Task, job: dict[str, Any]) -> dict[str, Any]:
             self,
             rt,
             rt.detect_service,
-            lambda backend: stages.detect(
-                current, state=rt.state, backend=backend, settings=rt.settings
-            ),
+            lambda backend: rt.detect(current, backend),
         )
     )
 
@@ -182,7 +180,7 @@ def embed(self: Task, job: dict[str, Any]) -> dict[str, Any]:
             self,
             rt,
             rt.embed_service,
-            lambda backend: stages.embed(current, state=rt.state, backend=backend),
+            lambda backend: rt.embed(current, backend),
         )
     )
 
@@ -190,25 +188,13 @@ def embed(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 @app.task(bind=True, base=PipelineTask, name="aurum_ml.score")
 def score(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     rt = get_runtime()
-    return _dump(
-        stages.score(Job.model_validate(job), state=rt.state, index=rt.index, settings=rt.settings)
-    )
+    return _dump(rt.score(Job.model_validate(job)))
 
 
 @app.task(bind=True, base=PipelineTask, name="aurum_ml.store")
 def store(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     rt = get_runtime()
-    return _dump(
-        stages.store(
-            Job.model_validate(job),
-            state=rt.state,
-            vectors=rt.vectors,
-            index=rt.index,
-            users=rt.users,
-            degraded=rt.degraded,
-            settings=rt.settings,
-        )
-    )
+    return _dump(rt.store(Job.model_validate(job)))
 
 
 # --- maintenance queue: the re-rank, queries and erasure --------------------------------------

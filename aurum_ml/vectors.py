@@ -140,15 +140,15 @@ class VectorStore:
         with self._lock, _qdrant_errors():
             return int(self._connect().count(self.collection, exact=True).count)
 
-    def points(
-        self, batch: int = 512, with_payload: bool = False
+    def _scroll(
+        self, batch: int, with_payload: bool, only: Any = None
     ) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
-        """Every (point id, vector, payload) of the collection, read in batches."""
         offset = None
         while True:
             with self._lock, _qdrant_errors():
                 records, offset = self._connect().scroll(
                     self.collection,
+                    scroll_filter=only,
                     limit=batch,
                     offset=offset,
                     with_vectors=True,
@@ -160,6 +160,12 @@ class VectorStore:
             if offset is None:
                 return
 
+    def points(
+        self, batch: int = 512, with_payload: bool = False
+    ) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
+        """Every (point id, vector, payload) of the collection, read in batches."""
+        return self._scroll(batch, with_payload)
+
     def user_points(self, user_id: str) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
         """All points of one user, newest first."""
         from qdrant_client import models
@@ -167,24 +173,7 @@ class VectorStore:
         only_user = models.Filter(
             must=[models.FieldCondition(key="user_id", match=models.MatchValue(value=user_id))]
         )
-        found: list[tuple[str, np.ndarray, dict[str, Any]]] = []
-        offset = None
-        while True:
-            with self._lock, _qdrant_errors():
-                records, offset = self._connect().scroll(
-                    self.collection,
-                    scroll_filter=only_user,
-                    limit=256,
-                    offset=offset,
-                    with_vectors=True,
-                    with_payload=True,
-                )
-            found += [
-                (str(r.id), np.asarray(r.vector, dtype=np.float32), dict(r.payload or {}))
-                for r in records
-            ]
-            if offset is None:
-                break
+        found = list(self._scroll(256, True, only_user))
         return sorted(found, key=lambda p: p[2].get("stored_at", 0.0), reverse=True)
 
     def nearest_others(
