@@ -44,7 +44,7 @@ class ServiceProcess:
             try:
                 if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except requests.RequestException:  # refused, or busy loading (a read timeout)
                 pass
             assert time.monotonic() < deadline, f"the {self.kind} service did not start"
             time.sleep(0.1)
