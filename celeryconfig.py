@@ -78,6 +78,8 @@ _LIMITS = {
     "aurum_ml.leaderboard": (30, 45),
     "aurum_ml.stats": (30, 45),
     "aurum_ml.forget_user": (120, 150),
+    "aurum_ml.sweep_erased": (120, 150),
+    "aurum_ml.compact_persistence": (60, 75),
     "aurum_ml.probe_health": (
         round(2 * _settings.health_timeout_s + 5),
         round(2 * _settings.health_timeout_s + 10),

@@ -97,8 +97,14 @@ def score_command(
             pending: list[Any] = []
             for path in images:
                 try:
-                    image_b64 = _read(path, settings)
-                except BadInput as exc:
+                    pending.append(
+                        score_face.delay(
+                            _read(path, settings),
+                            user_id=user_id or path.stem,
+                            allow_multiple_faces=allow_multiple_faces or None,
+                        )
+                    )
+                except BadInput as exc:  # unreadable, or refused before it was sent
                     pending.append(
                         Result(
                             job_id=None,
@@ -108,14 +114,6 @@ def score_command(
                             user_id=user_id or path.stem,
                         ).model_dump(mode="json")
                     )
-                    continue
-                pending.append(
-                    score_face.delay(
-                        image_b64,
-                        user_id=user_id or path.stem,
-                        allow_multiple_faces=allow_multiple_faces or None,
-                    )
-                )
             results = _collect(pending, images, timeout, progress=not as_json and len(images) > 1)
     except ConfigError as exc:
         click.echo(f"configuration: {exc}", err=True)
@@ -265,17 +263,45 @@ def rerank_command(as_json: bool) -> None:
 
 @main.command("forget")
 @click.argument("user_id")
+@click.option(
+    "--compact",
+    is_flag=True,
+    help="Then rewrite the Redis append-only files, so the erased data leaves disk too "
+    "(at most once per COMPACT_MIN_INTERVAL).",
+)
 @_json_option
-def forget_command(user_id: str, as_json: bool) -> None:
+def forget_command(user_id: str, compact: bool, as_json: bool) -> None:
     """Erase everything held about USER_ID."""
     from aurum_ml.forget import forget_user
 
-    out = _query("aurum_ml.forget_user", forget_user, user_id)
-    _emit(
-        out,
-        as_json,
-        lambda r: [f"forgot {user_id}: {r['points']} faces, {r['results']} results"],
-    )
+    def erase(runtime: Any, uid: str) -> dict[str, Any]:
+        report = forget_user(runtime, uid)
+        report.pop("job_ids", None)
+        report.pop("erasure_key", None)
+        return report
+
+    out = _query("aurum_ml.forget_user", erase, user_id)
+    if compact:
+        from aurum_ml.persistence import compact as compact_redis
+
+        out["compact"] = compact_redis(get_settings())
+
+    def lines(r: dict[str, Any]) -> list[str]:
+        shown = [f"forgot {user_id}: {r['points']} faces, {r['results']} results"]
+        if "compact" in r:
+            servers = r["compact"]["servers"]
+            if not servers:
+                shown.append("compact: the embedded default keeps no Redis files")
+            for server, state in servers.items():
+                detail = {
+                    "rewriting": "append-only file rewrite started",
+                    "aof_off": "AOF is off: nothing to rewrite",
+                    "too_soon": f"rewritten recently; again in {state.get('retry_in_s')} s",
+                }.get(state["status"], f"error: {state.get('message')}")
+                shown.append(f"compact {server}: {detail}")
+        return shown
+
+    _emit(out, as_json, lines)
 
 
 def _or_dash(value: Any) -> str:

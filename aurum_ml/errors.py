@@ -11,14 +11,21 @@
         ├── ConfigError             settings that cannot work (e.g. Qdrant folder held by
         │                           another process)
         ├── ImageExpired            the stored image or vector is gone (TTL passed)
+        ├── UserErased              the user was erased after the job was admitted:
+        │                           nothing of it is stored
         ├── ServiceError            an ML service said no (401, 404, 422…) or answered
         │                           something that is not the contract
         └── BadInput                raised by the image/face code for bad input; the tasks
-                                    turn it into a *rejected result* (reason + message),
-                                    it never reaches a caller as an exception
+            │                       turn it into a *rejected result* (reason + message)
+            └── InvalidRequest      raised in the *caller's* process by
+                                    ``score_face.delay``/``apply_async`` for arguments that
+                                    can never be scored (image over the size limit, wrong
+                                    types, a malformed user_id): nothing was published
 
-Bad input is not an exception for callers: ``score_face`` returns a result with
-``status="rejected"`` and a reason code. A caller sees an exception (re-raised by
+Bad input found by a worker is not an exception for callers: ``score_face`` returns a
+result with ``status="rejected"`` and a reason code. Arguments that are wrong on their face
+are refused before they are sent: ``InvalidRequest`` (a ``BadInput``, with the same
+``reason`` and ``message``). A caller sees an exception (re-raised by
 ``AsyncResult.get()``) only for infrastructure failures after retries, and for
 permanent ones such as an expired image.
 
@@ -49,6 +56,7 @@ __all__ = [
     "BadInput",
     "ConfigError",
     "ImageExpired",
+    "InvalidRequest",
     "PermanentError",
     "Reason",
     "RetryableError",
@@ -56,6 +64,7 @@ __all__ = [
     "ServiceUnavailable",
     "StateUnavailable",
     "StoreUnavailable",
+    "UserErased",
 ]
 
 
@@ -91,6 +100,10 @@ class ImageExpired(PermanentError):
     """The job's image or embedding is no longer stored (its TTL passed)."""
 
 
+class UserErased(PermanentError):
+    """The job's user was erased after it was admitted; it stores nothing."""
+
+
 class ServiceError(PermanentError):
     """An ML service refused the request for good, or broke its contract."""
 
@@ -105,3 +118,12 @@ class BadInput(PermanentError):
 
     def __reduce__(self):  # keep both fields when pickled by a thread/process pool
         return (type(self), (self.message, self.reason))
+
+
+class InvalidRequest(BadInput):
+    """Raised by ``score_face.delay``/``apply_async`` in the caller's process: the arguments
+    cannot be scored, and nothing was published. ``reason`` is ``invalid_request`` or
+    ``image_too_large``."""
+
+    def __init__(self, message: str, reason: Reason = "invalid_request") -> None:
+        super().__init__(message, reason)

@@ -1,38 +1,91 @@
-"""Erasure: ``forget_user`` removes everything aurum_ml holds about one user.
+"""Erasure: ``forget_user`` removes everything aurum_ml holds about one user, for good.
 
-Qdrant points (vectors and payloads), their entries in the score index and the centroid
-sums, the cached latest result, the cooldown, the Celery results of the user's jobs, and
-any image or embedding still in flight. A job still in flight when this runs finds its
-image gone and fails, or, if it already holds its embedding, is stopped by a tombstone
-(keyed by a hash of the user id, expiring with the image TTL) before it stores.
+Order matters. First the user moves to a new erasure epoch (:meth:`UserRecords.mark_erased`):
+from then on no job admitted earlier can store anything — a stage still in flight, a
+redelivered message or the fallback's re-score days later all stop with ``UserErased``.
+Then: Qdrant points (vectors and payloads), their entries in the score index and the
+centroid sums, the cached latest result, the cooldown, the degraded jobs waiting for a
+re-score and their images, any image or embedding still in flight, the Celery results of
+the user's jobs, and the user's name in *other* users' match lists (their cached results
+and their Celery results).
+
+A store stage that read the user's face as a match just before the erasure may write its
+result just after it: :func:`sweep` repeats the result and match clean-up once the longest
+stage time limit has passed (the ``forget_user`` task schedules it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from aurum_ml.runtime import Runtime
 
-__all__ = ["forget_user"]
+__all__ = ["SWEEP_AFTER_S", "ResultStore", "forget_user", "sweep"]
+
+SWEEP_AFTER_S = 90  # > the longest stage hard time limit (45 s) plus queueing
+
+
+class ResultStore(Protocol):
+    """Where the jobs' results are kept (Celery's result backend)."""
+
+    def forget(self, job_ids: Iterable[str]) -> None:
+        """Delete these jobs' results."""
+
+    def scrub(self, job_ids: Iterable[str], erased: str) -> int:
+        """Take the user whose ``UserRecords.erasure_key`` is ``erased`` out of these
+        results' match lists; returns how many changed."""
+
+
+class NoResults:
+    """No result backend to clean (the embedded default's queries run without one)."""
+
+    def forget(self, job_ids: Iterable[str]) -> None:
+        pass
+
+    def scrub(self, job_ids: Iterable[str], erased: str) -> int:
+        return 0
 
 
 def forget_user(
-    runtime: Runtime,
-    user_id: str,
-    forget_results: Callable[[Iterable[str]], None] = lambda job_ids: None,
+    runtime: Runtime, user_id: str, results: ResultStore | None = None
 ) -> dict[str, Any]:
-    """Erase the user; returns how much was removed. Safe to run twice."""
+    """Erase the user; returns how much was removed (counts only: this report is itself
+    stored as a task result). Safe to run twice."""
+    results = results or NoResults()
+    runtime.users.mark_erased(user_id)  # first: nothing admitted before now stores again
     points = runtime.vectors.user_points(user_id)
     job_ids, images, record_keys = runtime.users.forget(user_id)
+    degraded_jobs, degraded_images = runtime.degraded.forget_user(user_id)
     removed_from_index = runtime.index.remove([(pid, vector) for pid, vector, _ in points])
     runtime.vectors.delete([pid for pid, _, _ in points])
-    in_flight = runtime.state.drop(images, job_ids)
-    forget_results(job_ids)
-    return {  # counts only: this report is itself stored as a task result
+    in_flight = runtime.state.drop(
+        sorted({*images, *degraded_images}), sorted({*job_ids, *degraded_jobs})
+    )
+    all_jobs = sorted({*job_ids, *degraded_jobs})
+    results.forget(all_jobs)
+    named = runtime.users.forget_matches(user_id)
+    scrubbed = results.scrub(named, runtime.users.erasure_key(user_id))
+    return {
         "points": len(points),
         "index_entries": removed_from_index,
         "records": record_keys,
-        "results": len(job_ids),
+        "degraded_jobs": len(degraded_jobs),
+        "results": len(all_jobs),
         "in_flight_keys": in_flight,
+        "other_results_scrubbed": max(scrubbed, len(named)),
+        # for the second pass: ids only, never the user id
+        "job_ids": all_jobs,
+        "erasure_key": runtime.users.erasure_key(user_id),
     }
+
+
+def sweep(
+    runtime: Runtime, erased: str, job_ids: Iterable[str], results: ResultStore
+) -> dict[str, int]:
+    """The erasure's second pass, given the user's erasure key (not their id): results
+    written by jobs that were finishing while the first pass ran."""
+    job_ids = list(job_ids)
+    results.forget(job_ids)
+    named = runtime.users.forget_matches_of(erased)
+    return {"results": len(job_ids), "other_results_scrubbed": results.scrub(named, erased)}

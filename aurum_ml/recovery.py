@@ -7,7 +7,9 @@ the probe enqueues when the fallback flag turns off, and which can be run by han
 through detect → embed → score → store with the services (or the in-process models when no
 service is configured), replaces the result stored under the job id and the user's cached
 result, and forgets the record. A job whose image has expired meanwhile is moved to
-``aurum:degraded:expired`` and reported: never dropped silently.
+``aurum:degraded:expired`` and reported: never dropped silently. A job whose user was
+erased after it was admitted is dropped with its image: the re-score carries the job's
+erasure epoch, so it can never store for an erased user.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from aurum_ml.errors import UserErased
 from aurum_ml.runtime import Runtime
 from aurum_ml.schemas import Job, Timings
 
@@ -29,9 +32,14 @@ def rescore_degraded(
     degraded = runtime.degraded
     detector = runtime.detect_service or runtime.local
     embedder = runtime.embed_service or runtime.local
-    rescored, expired = [], []
+    rescored, expired, erased = [], [], []
     for job_id in degraded.pending():
         record = degraded.load(job_id)
+        if record is not None and runtime.users.erased_after(record.user_id, record.epoch):
+            degraded.done(job_id)
+            runtime.state.release(record.image_sha256, job_id)
+            erased.append(job_id)
+            continue
         if record is None or not runtime.state.has_image(record.image_sha256):
             degraded.expire(job_id)
             expired.append(job_id)
@@ -44,10 +52,21 @@ def rescore_degraded(
             allow_multiple_faces=record.allow_multiple_faces,
             submitted_at=time.time(),
             timings_ms=Timings(),
+            epoch=record.epoch,
         )
-        job = runtime.score(runtime.embed(runtime.detect(job, detector), embedder))
-        result = runtime.store(job)
+        try:
+            job = runtime.score(runtime.embed(runtime.detect(job, detector), embedder))
+            result = runtime.store(job)
+        except UserErased:  # erased while it was re-scored: the erasure took the rest
+            degraded.done(job_id)
+            erased.append(job_id)
+            continue
         replace_result(job_id, result.model_dump(mode="json"))
         degraded.done(job_id)
         rescored.append(job_id)
-    return {"rescored": rescored, "expired": expired, "expired_total": len(degraded.expired())}
+    return {
+        "rescored": rescored,
+        "expired": expired,
+        "erased": erased,
+        "expired_total": len(degraded.expired()),
+    }

@@ -59,6 +59,12 @@ class Runtime:
             settings=self.settings,
         )
 
+    def release_failed(self, job: Job) -> None:
+        """A job that failed for good lets go of its image, its vector and the user's
+        pending cooldown reservation (a scored cooldown is left alone)."""
+        self.users.rejected(job.user_id, job.image_sha256, job.job_id)
+        self.state.release(job.image_sha256, job.job_id)
+
 
 def build_runtime(settings: Settings, local: LocalFaceModel | None = None) -> Runtime:
     """Cheap: connections and models open lazily on first use. A stage uses its service

@@ -10,9 +10,18 @@ Fields may be added by later versions; none is renamed.
 
 from __future__ import annotations
 
-from typing import Literal
+import unicodedata
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictBytes,
+    StrictStr,
+)
 
 from aurum_ml.errors import Reason
 
@@ -30,10 +39,40 @@ __all__ = [
     "Match",
     "Quality",
     "Result",
+    "ScoreRequest",
     "ServiceErrorBody",
     "Status",
     "Timings",
+    "USER_ID_MAX",
+    "UserId",
+    "check_user_id",
 ]
+
+USER_ID_MAX = 128
+
+
+def check_user_id(value: str) -> str:
+    """The allowed form of a user id: 1–128 characters of printable Unicode (no control or
+    format characters, no lone surrogates, no line breaks), NFC-normalised, without
+    leading or trailing whitespace. It names Redis keys and may reach logs, so nothing
+    else is accepted. Messages never repeat the value."""
+    if not value or not value.strip():
+        raise ValueError("user_id must not be empty")
+    if len(value) > USER_ID_MAX:
+        raise ValueError(f"user_id is {len(value)} characters; at most {USER_ID_MAX} allowed")
+    if not value.isprintable():
+        raise ValueError(
+            "user_id may hold printable characters only (no control or format characters, "
+            "line breaks or lone surrogates)"
+        )
+    if value != value.strip():
+        raise ValueError("user_id must not start or end with whitespace")
+    if unicodedata.normalize("NFC", value) != value:
+        raise ValueError("user_id must be in Unicode normal form NFC")
+    return value
+
+
+UserId = Annotated[StrictStr, AfterValidator(check_user_id)]
 
 Status = Literal["pending", "scored", "rejected"]
 Source = Literal["service", "local", "simulated"]
@@ -148,12 +187,28 @@ class Job(Result):
     allow_multiple_faces: bool = False
     submitted_at: float = Field(..., description="unix time of intake, s")
     typicality: float | None = Field(None, description="cosine similarity to the centroid")
+    epoch: int = Field(0, description="the user's erasure epoch at admission (aurum_ml.users)")
 
     def reject(self, reason: Reason, message: str) -> Job:
         return self.model_copy(update={"status": "rejected", "reason": reason, "message": message})
 
     def result(self) -> Result:
         return Result.model_validate(self.model_dump())
+
+
+class ScoreRequest(BaseModel):
+    """What ``score_face`` (and the HTTP API) accepts; wrong types are errors, never
+    coerced (``"false"`` is not a boolean)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_base64: StrictStr | StrictBytes = Field(
+        ..., description="the image, base64 (a data: URL is accepted)"
+    )
+    user_id: UserId
+    allow_multiple_faces: StrictBool | None = Field(
+        None, description="score the largest of several faces; null: ALLOW_MULTIPLE_FACES"
+    )
 
 
 # --- the ML services' HTTP contract (docs/ml-services.md) -------------------------------------

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # --- image limits ---------------------------------------------------------------------
     image_max_bytes: int = Field(10 * 1024 * 1024, gt=0, validation_alias="IMAGE_MAX_BYTES")
     image_max_pixels: int = Field(40_000_000, gt=0, validation_alias="IMAGE_MAX_PIXELS")
+    image_max_pixels_full_decode: int = Field(
+        24_000_000, gt=0, validation_alias="IMAGE_MAX_PIXELS_FULL_DECODE"
+    )
     image_min_side: int = Field(64, ge=1, validation_alias="IMAGE_MIN_SIDE")
     image_ttl_s: int = Field(3600, ge=60, validation_alias="IMAGE_TTL_SECONDS")
 
@@ -80,6 +83,7 @@ class Settings(BaseSettings):
     task_max_retries: int = Field(5, ge=0, le=20, validation_alias="TASK_MAX_RETRIES")
     retry_backoff_max_s: int = Field(60, ge=1, le=600, validation_alias="RETRY_BACKOFF_MAX")
     result_expires_s: int = Field(86400, ge=60, validation_alias="RESULT_EXPIRES")
+    compact_min_interval_s: int = Field(600, ge=0, validation_alias="COMPACT_MIN_INTERVAL")
 
     # --- ML services (the seed's variables; used fully by the services issue) -------------
     face_detection_service: str | None = Field(None, validation_alias="FACE_DETECTION_SERVICE")

@@ -172,6 +172,26 @@ class DegradedJobs:
             pipe.delete(self._key(job_id))
             pipe.execute()
 
+    def forget_user(self, user_id: str) -> tuple[list[str], list[str]]:
+        """Drop the user's degraded jobs, waiting or expired. Returns (job ids, image
+        hashes) so the caller can drop the images too."""
+        job_ids, images = [], []
+        with redis_errors():
+            candidates = {m.decode() for m in self.redis.zrange(self._ids, 0, -1)}
+            candidates |= {m.decode() for m in self.redis.zrange(self._expired, 0, -1)}
+        for job_id in sorted(candidates):
+            record = self.load(job_id)
+            if record is None or record.user_id != user_id:
+                continue
+            job_ids.append(job_id)
+            images.append(record.image_sha256)
+            with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._ids, job_id)
+                pipe.zrem(self._expired, job_id)
+                pipe.delete(self._key(job_id))
+                pipe.execute()
+        return job_ids, images
+
     def expire(self, job_id: str) -> None:
         with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(self._ids, job_id)

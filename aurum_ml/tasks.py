@@ -10,6 +10,7 @@ exception from :mod:`aurum_ml.errors`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -21,16 +22,29 @@ from celery import Task, chain, states
 from aurum_ml import queries
 from aurum_ml.backends import FaceBackend
 from aurum_ml.celery_app import app
-from aurum_ml.errors import BadInput, PermanentError, RetryableError, ServiceUnavailable
+from aurum_ml.errors import (
+    BadInput,
+    InvalidRequest,
+    PermanentError,
+    RetryableError,
+    ServiceUnavailable,
+    UserErased,
+)
+from aurum_ml.forget import SWEEP_AFTER_S, sweep
 from aurum_ml.forget import forget_user as forget_user_everywhere
 from aurum_ml.health import fallback_state, probe
 from aurum_ml.imaging import decode_base64, inspect_image
+from aurum_ml.intake import PARAMETERS, check_score_request
+from aurum_ml.persistence import compact
 from aurum_ml.recovery import rescore_degraded as rescore_degraded_jobs
 from aurum_ml.rerank import rerank as rerank_index
 from aurum_ml.runtime import Runtime, get_runtime
-from aurum_ml.schemas import Job, Result
+from aurum_ml.schemas import Job, Result, check_user_id
+from aurum_ml.settings import get_settings
+from aurum_ml.users import UserRecords
 
 __all__ = [
+    "compact_persistence",
     "detect",
     "embed",
     "forget_user",
@@ -44,52 +58,109 @@ __all__ = [
     "similar",
     "stats",
     "store",
+    "sweep_erased",
 ]
 
-MAX_USER_ID = 128
 log = logging.getLogger("aurum_ml.tasks")
 
 
 class PipelineTask(Task):
     """Retry policy, declared once: retryable errors back off exponentially with jitter
-    (cap and count from celeryconfig's task_annotations); permanent ones fail at once."""
+    (cap and count from celeryconfig's task_annotations); permanent ones fail at once.
+
+    What a task's arguments show in logs, events and Flower is redacted: a stage's job
+    payload appears as its job id and status, never its user id, face or results."""
 
     autoretry_for = (RetryableError,)
     dont_autoretry_for = (PermanentError,)
     retry_backoff = True
     retry_jitter = True
 
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        if args:
+            options.setdefault("argsrepr", repr(tuple(_shown(a) for a in args)))
+        if kwargs:
+            options.setdefault("kwargsrepr", repr({k: _shown(v) for k, v in kwargs.items()}))
+        return super().apply_async(args, kwargs, **options)
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """A stage failed for good: the job lets go of its image, vector and the user's
+        pending cooldown reservation now, not when their TTL passes."""
+        job = args[0] if args and isinstance(args[0], dict) else None
+        if job is None or "image_sha256" not in job:
+            return
+        with contextlib.suppress(Exception):  # best effort: the TTLs remain the backstop
+            get_runtime().release_failed(Job.model_validate(job))
+
 
 class IntakeTask(PipelineTask):
-    """Keeps the image out of logs, events and Flower: its argument is shown redacted."""
+    """Checks the arguments in the caller's process (InvalidRequest, nothing published) and
+    keeps the image and the user id out of logs, events and Flower."""
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        check_score_request(args, kwargs, get_settings())
         args = tuple(args or ())
         kwargs = dict(kwargs or {})
-        shown_args = [_redact(a) if i == 0 else a for i, a in enumerate(args)]
-        shown_kwargs = {k: _redact(v) if k == "image_b64" else v for k, v in kwargs.items()}
+        shown_args = [_REDACTED.get(PARAMETERS[i], a) for i, a in enumerate(args)]
+        shown_kwargs = {k: _REDACTED.get(k, v) for k, v in kwargs.items()}
         options.setdefault("argsrepr", repr(tuple(shown_args)))
         options.setdefault("kwargsrepr", repr(shown_kwargs))
         return super().apply_async(args, kwargs, **options)
 
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """Intake failed for good after admitting the photo: release what it reserved."""
+        given = dict(zip(PARAMETERS, args or (), strict=False)) | dict(kwargs or {})
+        image, user_id = given.get("image_b64"), given.get("user_id")
+        if not isinstance(image, str | bytes) or not isinstance(user_id, str):
+            return
+        with contextlib.suppress(Exception):
+            data = decode_base64(image, get_settings())
+            sha256 = hashlib.sha256(data).hexdigest()
+            rt = get_runtime()
+            rt.users.rejected(user_id, sha256, task_id)
+            rt.state.release(sha256, task_id)
 
-def _redact(image: Any) -> str:
-    size = len(image) if isinstance(image, str | bytes) else 0
-    return f"<image: {size} base64 chars>"
+
+_REDACTED = {"image_b64": "<image>", "user_id": "<user>"}
+
+
+def _shown(value: Any) -> Any:
+    """How an argument appears in logs and Flower: a job payload by its id and status."""
+    if isinstance(value, dict) and "job_id" in value:
+        return f"<job {value.get('job_id')} {value.get('status')}>"
+    if isinstance(value, str):  # a user id, an image: neither belongs in a log
+        return "<str>"
+    if isinstance(value, list | tuple) and any(isinstance(v, str) for v in value):
+        return f"<{len(value)} items>"
+    return value
 
 
 def _dump(model: Job | Result) -> dict[str, Any]:
     return model.model_dump(mode="json")
 
 
-def _rejection(job_id: str, user_id: Any, exc: BadInput, **fields: Any) -> dict[str, Any]:
+def _valid_user_id(user_id: Any) -> bool:
+    if not isinstance(user_id, str):
+        return False
+    try:
+        check_user_id(user_id)
+    except ValueError:
+        return False
+    return True
+
+
+def _rejection(job_id: str, user_id: str, exc: BadInput, **fields: Any) -> dict[str, Any]:
     return _dump(
         Result(
             job_id=job_id,
             status="rejected",
             reason=exc.reason,
             message=exc.message,
-            user_id=str(user_id)[:MAX_USER_ID],
+            user_id=user_id,
             **fields,
         )
     )
@@ -102,12 +173,21 @@ def score_face(
     """Score the face in a base64 image for ``user_id``. See the module docstring."""
     runtime = get_runtime()
     job_id = self.request.id
-    if not isinstance(user_id, str) or not user_id.strip() or len(user_id) > MAX_USER_ID:
-        message = f"user_id must be a non-empty string of at most {MAX_USER_ID} chars"
-        return _rejection(job_id, user_id, BadInput(message, "invalid_request"))
+    given = {
+        "image_b64": image_b64,
+        "user_id": user_id,
+        "allow_multiple_faces": allow_multiple_faces,
+    }
+    try:  # checked again here: a message may have been published by other means
+        request = check_score_request((), given, runtime.settings)
+    except InvalidRequest as exc:
+        return _rejection(job_id, user_id if _valid_user_id(user_id) else "", exc)
+    epoch, erased = runtime.users.job_epoch(user_id, job_id)
+    if erased:  # a redelivered intake of a job admitted before the user's erasure
+        raise UserErased("the user was erased after this job was submitted: nothing is stored")
     runtime.users.note_job(user_id, job_id)
     try:
-        data = decode_base64(image_b64, runtime.settings)
+        data = decode_base64(request.image_base64, runtime.settings)
         inspect_image(data, runtime.settings)
     except BadInput as exc:
         return _rejection(job_id, user_id, exc)
@@ -131,10 +211,11 @@ def score_face(
         image_sha256=sha256,
         allow_multiple_faces=(
             runtime.settings.allow_multiple_faces
-            if allow_multiple_faces is None
-            else bool(allow_multiple_faces)
+            if request.allow_multiple_faces is None
+            else request.allow_multiple_faces
         ),
         submitted_at=time.time(),
+        epoch=epoch,
     )
     return self.replace(chain(detect.s(_dump(job)), embed.s(), score.s(), store.s()))
 
@@ -194,7 +275,16 @@ def score(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 @app.task(bind=True, base=PipelineTask, name="aurum_ml.store")
 def store(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     rt = get_runtime()
-    return _dump(rt.store(Job.model_validate(job)))
+    result = rt.store(Job.model_validate(job))
+    # ids, outcome, reason code and timings only: see aurum_ml.logs
+    log.info(
+        "job %s %s%s in %.0f ms",
+        result.job_id,
+        "degraded" if result.degraded else result.status,
+        f" ({result.reason})" if result.reason else "",
+        result.timings_ms.total,
+    )
+    return _dump(result)
 
 
 # --- maintenance queue: the re-rank, queries and erasure --------------------------------------
@@ -246,12 +336,48 @@ def stats() -> dict[str, Any]:
     return queries.stats(get_runtime())
 
 
-@app.task(base=PipelineTask, name="aurum_ml.forget_user")
-def forget_user(user_id: str) -> dict[str, Any]:
-    """Erase everything held about the user, the Celery results of their jobs included."""
+class CeleryResults:
+    """The jobs' results in Celery's result backend, for erasure (:mod:`aurum_ml.forget`)."""
 
-    def forget_results(job_ids: Any) -> None:
+    def forget(self, job_ids: Any) -> None:
         for job_id in job_ids:
             app.AsyncResult(job_id).forget()
 
-    return forget_user_everywhere(get_runtime(), user_id, forget_results)
+    def scrub(self, job_ids: Any, erased: str) -> int:
+        changed = 0
+        for job_id in job_ids:
+            meta = app.backend.get_task_meta(job_id, cache=False)
+            result = meta.get("result")
+            if meta.get("status") != states.SUCCESS or not isinstance(result, dict):
+                continue
+            matches = result.get("matches") or []
+            kept = [m for m in matches if not UserRecords.names(m, erased)]
+            if len(kept) != len(matches):
+                # the backend never overwrites a SUCCESS: forget it first
+                app.backend.forget(job_id)
+                app.backend.store_result(job_id, result | {"matches": kept}, states.SUCCESS)
+                changed += 1
+        return changed
+
+
+@app.task(base=PipelineTask, name="aurum_ml.forget_user")
+def forget_user(user_id: str) -> dict[str, Any]:
+    """Erase everything held about the user, the Celery results of their jobs and their
+    name in other users' match lists included; a second pass follows (forget.sweep)."""
+    report = forget_user_everywhere(get_runtime(), user_id, CeleryResults())
+    job_ids, erased = report.pop("job_ids"), report.pop("erasure_key")
+    sweep_erased.apply_async((erased, job_ids), countdown=SWEEP_AFTER_S)
+    return report
+
+
+@app.task(base=PipelineTask, name="aurum_ml.sweep_erased")
+def sweep_erased(erased: str, job_ids: list[str]) -> dict[str, Any]:
+    """The erasure's second pass: results written by jobs that were finishing meanwhile.
+    Takes the user's erasure key, never their id."""
+    return sweep(get_runtime(), erased, job_ids, CeleryResults())
+
+
+@app.task(base=PipelineTask, name="aurum_ml.compact_persistence")
+def compact_persistence() -> dict[str, Any]:
+    """Rewrite the Redis append-only files after erasures (rate-limited; see persistence)."""
+    return compact(get_runtime().settings)

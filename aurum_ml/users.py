@@ -10,8 +10,19 @@ Keys (``{uid}`` is the user id):
 - ``aurum:user:{uid}:jobs``      job ids, so ``forget_user`` can erase their results;
 - ``aurum:user:{uid}:images``    image hashes still in flight.
 
-A hashed tombstone ``aurum:forgotten:{sha256(uid)}`` tells a store stage still in flight
-that its user was erased after the job was submitted.
+Erasure is final. ``aurum:erased:{sha256(uid)}`` counts the user's erasures (their
+*epoch*); every job takes the epoch current at its first admission
+(``aurum:jobepoch:{job_id}``, so a redelivered intake keeps it) and carries it to the end.
+Nothing is stored for a job whose epoch is older than the user's — not by a stage still in
+flight, a redelivered message, nor the fallback's re-score days later. The counter
+outlives every job that could carry an older epoch (``tombstone_s``) and is refreshed by
+each new admission; once it expires the user is at epoch 0 again, which only ever lets a
+job through, never stops one wrongly.
+
+Matches name other users, so erasing a user must reach other users' results too:
+``aurum:matched:{sha256(uid)}`` (hash: job id → owner) lists the jobs whose results name the
+user as a match, and ``aurum:user:{owner}:matched`` the owner's entries in those hashes, so
+an owner's own erasure removes them as well.
 """
 
 from __future__ import annotations
@@ -45,20 +56,55 @@ class Admission:
 
 class UserRecords:
     def __init__(
-        self, client: redis.Redis, *, cooldown_s: int, pending_ttl_s: int, keep_s: int
+        self,
+        client: redis.Redis,
+        *,
+        cooldown_s: int,
+        pending_ttl_s: int,
+        keep_s: int,
+        tombstone_s: int = 8 * 86400,
     ) -> None:
         self.redis: Any = client  # redis-py's return types are unions; we use bytes
         self.cooldown_s = cooldown_s
         self.pending_ttl_s = pending_ttl_s
         self.keep_s = keep_s  # how long job ids and the cached result are kept
+        # longer than any job can live (image TTL, a degraded job's wait for its re-score)
+        self.tombstone_s = max(tombstone_s, pending_ttl_s + 3600)
 
     @staticmethod
     def _key(user_id: str, what: str) -> str:
         return f"aurum:user:{user_id}:{what}"
 
     @staticmethod
-    def _tombstone(user_id: str) -> str:
-        return f"aurum:forgotten:{hashlib.sha256(user_id.encode()).hexdigest()}"
+    def _hash(user_id: str) -> str:
+        return hashlib.sha256(user_id.encode()).hexdigest()
+
+    @classmethod
+    def _tombstone(cls, user_id: str) -> str:
+        return f"aurum:erased:{cls._hash(user_id)}"
+
+    @classmethod
+    def _matched(cls, user_id: str) -> str:
+        return f"aurum:matched:{cls._hash(user_id)}"
+
+    # --- erasure epochs -----------------------------------------------------------------------
+    def job_epoch(self, user_id: str, job_id: str) -> tuple[int, bool]:
+        """The epoch of the job's first admission, and whether the user was erased since.
+        A redelivered intake finds the epoch its first delivery recorded."""
+        tombstone = self._tombstone(user_id)
+        key = f"aurum:jobepoch:{job_id}"
+        with redis_errors():
+            current = int(self.redis.get(tombstone) or 0)
+            self.redis.set(key, current, nx=True, ex=self.pending_ttl_s)
+            first = int(self.redis.get(key) or current)
+            if current:  # keep the counter alive while the user has jobs
+                self.redis.expire(tombstone, self.tombstone_s)
+        return first, current > first
+
+    def erased_after(self, user_id: str, epoch: int) -> bool:
+        """Was the user erased after a job of ``epoch`` was admitted?"""
+        with redis_errors():
+            return int(self.redis.get(self._tombstone(user_id)) or 0) > epoch
 
     # --- intake -----------------------------------------------------------------------------
     def note_job(self, user_id: str, job_id: str) -> None:
@@ -103,9 +149,17 @@ class UserRecords:
         return Admission("cooldown", until=until)
 
     # --- after the store stage ----------------------------------------------------------------
-    def scored(self, user_id: str, sha256: str, job_id: str, result: dict[str, Any]) -> None:
-        """Start the cooldown and cache the result."""
-        with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
+    def scored(
+        self, user_id: str, sha256: str, job_id: str, result: dict[str, Any], epoch: int = 0
+    ) -> bool:
+        """Start the cooldown, cache the result (matches by user id, see :meth:`note_matches`)
+        — unless the user was erased after the job was admitted. False then."""
+        tombstone = self._tombstone(user_id)
+
+        def write(pipe: Any) -> bool:
+            if int(pipe.get(tombstone) or 0) > epoch:
+                return False
+            pipe.multi()
             if self.cooldown_s > 0:
                 record = {
                     "sha256": sha256,
@@ -114,13 +168,30 @@ class UserRecords:
                     "until": time.time() + self.cooldown_s,
                 }
                 pipe.set(self._key(user_id, "cooldown"), json.dumps(record), ex=self.cooldown_s)
-            pipe.set(
-                self._key(user_id, "result"),
-                json.dumps(result),
-                ex=max(self.keep_s, self.cooldown_s),
-            )
+            pipe.set(self._key(user_id, "result"), json.dumps(result), ex=self.result_ttl)
             pipe.srem(self._key(user_id, "images"), sha256)
-            pipe.execute()
+            self._note_matches(pipe, user_id, job_id, result.get("matches") or [])
+            return True
+
+        with redis_errors():
+            # WATCH the tombstone: an erasure meanwhile makes the transaction run again.
+            return bool(self.redis.transaction(write, tombstone, value_from_callable=True))
+
+    @property
+    def result_ttl(self) -> int:
+        return max(self.keep_s, self.cooldown_s)
+
+    def _note_matches(
+        self, pipe: Any, owner: str, job_id: str, matches: list[dict[str, Any]]
+    ) -> None:
+        """Index the result's matches by matched user, so erasing one reaches this result."""
+        mine = self._key(owner, "matched")
+        for other in sorted({str(m.get("user_id")) for m in matches}):
+            pipe.hset(self._matched(other), job_id, owner)
+            pipe.expire(self._matched(other), self.result_ttl)
+            pipe.sadd(mine, f"{self._hash(other)}:{job_id}")
+        if matches:
+            pipe.expire(mine, self.result_ttl)
 
     def rejected(self, user_id: str, sha256: str, job_id: str) -> None:
         """Release this job's pending reservation, if it still holds it."""
@@ -155,24 +226,87 @@ class UserRecords:
             raw = self.redis.get(self._key(user_id, "result"))
         return None if raw is None else json.loads(raw)
 
-    def forgotten_since(self, user_id: str) -> float | None:
-        """When the user was erased, if within the image TTL; else None."""
-        with redis_errors():
-            raw = self.redis.get(self._tombstone(user_id))
-        return None if raw is None else float(raw)
+    def mark_erased(self, user_id: str) -> int:
+        """Step 1 of an erasure, before anything is read or deleted: move the user to a new
+        epoch, so every job admitted before now stores nothing. Returns the new epoch."""
+        tombstone = self._tombstone(user_id)
+        with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(tombstone)
+            pipe.expire(tombstone, self.tombstone_s)
+            epoch, _ = pipe.execute()
+        return int(epoch)
 
     def forget(self, user_id: str) -> tuple[list[str], list[str], int]:
         """Delete every record of the user. Returns (job ids, image hashes in flight, number
-        of keys deleted), and leaves a hashed tombstone for jobs still in flight."""
+        of keys deleted). Call :meth:`mark_erased` first."""
         keys = [self._key(user_id, w) for w in ("cooldown", "result", "jobs", "images")]
         with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
             pipe.smembers(keys[2])
             pipe.smembers(keys[3])
             pipe.delete(*keys)
-            pipe.set(self._tombstone(user_id), repr(time.time()), ex=self.pending_ttl_s)
-            jobs, images, deleted, _ = pipe.execute()
+            jobs, images, deleted = pipe.execute()
         return (
             sorted(j.decode() for j in jobs),
             sorted(i.decode() for i in images),
             int(deleted),
         )
+
+    @classmethod
+    def erasure_key(cls, user_id: str) -> str:
+        """What the erasure's second pass is given instead of the user id (a message on the
+        broker must not carry the id of a user who asked to be forgotten)."""
+        return cls._hash(user_id)
+
+    def forget_matches(self, user_id: str) -> dict[str, str]:
+        """Take the user out of every other user's cached result, and the user's own entries
+        out of the others' match indexes. Returns {job id: owner} of the results that named
+        the user (their Celery results are the caller's to scrub)."""
+        named = self.forget_matches_of(self._hash(user_id))
+        mine = self._key(user_id, "matched")
+        with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
+            for entry in self.redis.smembers(mine):
+                other_hash, _, job_id = entry.decode().partition(":")
+                pipe.hdel(f"aurum:matched:{other_hash}", job_id)
+            pipe.delete(mine)
+            pipe.execute()
+        return named
+
+    def forget_matches_of(self, erased: str) -> dict[str, str]:
+        """:meth:`forget_matches` for the user whose :meth:`erasure_key` is ``erased``,
+        others' results only."""
+        matched = f"aurum:matched:{erased}"
+        with redis_errors():
+            named = {
+                job.decode(): owner.decode() for job, owner in self.redis.hgetall(matched).items()
+            }
+            for owner in set(named.values()):
+                self._scrub_cached(owner, erased)
+            with self.redis.pipeline(transaction=True) as pipe:
+                for job_id, owner in named.items():
+                    pipe.srem(self._key(owner, "matched"), f"{erased}:{job_id}")
+                pipe.delete(matched)
+                pipe.execute()
+        return named
+
+    @classmethod
+    def names(cls, match: dict[str, Any], erased: str) -> bool:
+        """Does this match name the user whose :meth:`erasure_key` is ``erased``?"""
+        return cls._hash(str(match.get("user_id"))) == erased
+
+    def _scrub_cached(self, owner: str, erased: str) -> None:
+        key = self._key(owner, "result")
+
+        def scrub(pipe: Any) -> None:
+            raw = pipe.get(key)
+            if raw is None:
+                return
+            result = json.loads(raw)
+            matches = result.get("matches") or []
+            kept = [m for m in matches if not self.names(m, erased)]
+            if len(kept) == len(matches):
+                return
+            ttl = int(pipe.ttl(key))
+            pipe.multi()
+            pipe.set(key, json.dumps(result | {"matches": kept}), ex=max(1, ttl))
+
+        self.redis.transaction(scrub, key)

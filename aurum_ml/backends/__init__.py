@@ -29,6 +29,17 @@ class Detection:
     landmarks: tuple[tuple[int, int], ...]
     score: float
 
+    def scaled(self, factor: float) -> Detection:
+        """The same face in an image ``factor`` times as large (coordinates rounded)."""
+        if factor == 1:
+            return self
+        x1, y1, x2, y2 = self.box
+        return Detection(
+            box=(round(x1 * factor), round(y1 * factor), round(x2 * factor), round(y2 * factor)),
+            landmarks=tuple((round(x * factor), round(y * factor)) for x, y in self.landmarks),
+            score=self.score,
+        )
+
     @property
     def width(self) -> int:
         return self.box[2] - self.box[0]

@@ -21,7 +21,7 @@ import numpy as np
 
 from aurum_ml.backends import Detection
 from aurum_ml.errors import ConfigError
-from aurum_ml.imaging import decode_image
+from aurum_ml.imaging import decode_scaled
 from aurum_ml.settings import Settings
 
 __all__ = ["DETECTOR_ID", "MODEL_ID", "LocalFaceModel", "model_dir"]
@@ -90,12 +90,15 @@ class LocalFaceModel:
             self._load()
 
     def detect(self, data: bytes) -> list[Detection]:
-        """Decode (limits checked) and find faces; see :meth:`detect_image`."""
-        return self.detect_image(decode_image(data, self.settings))
+        """Decode (limits checked, far larger images at reduced scale) and find faces; see
+        :meth:`detect_image`. Coordinates are those of the full-size image."""
+        decoded = decode_scaled(data, self.settings)
+        return [face.scaled(decoded.scale) for face in self.detect_image(decoded.image)]
 
     def embed(self, data: bytes, face: Detection) -> np.ndarray:
-        """Decode (limits checked) and describe ``face``; see :meth:`embed_image`."""
-        return self.embed_image(decode_image(data, self.settings), face)
+        """Decode as :meth:`detect` does and describe ``face`` (full-size coordinates)."""
+        decoded = decode_scaled(data, self.settings)
+        return self.embed_image(decoded.image, face.scaled(1 / decoded.scale))
 
     def detect_image(
         self, image: np.ndarray, upsample: int | None = None, min_score: float | None = None

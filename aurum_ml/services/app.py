@@ -20,7 +20,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -30,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from aurum_ml import __version__
 from aurum_ml.backends.local import LocalFaceModel
 from aurum_ml.errors import BadInput
-from aurum_ml.imaging import decode_base64, decode_image
+from aurum_ml.imaging import Decoded, decode_base64, decode_scaled
 from aurum_ml.schemas import Health, ServiceErrorBody
 from aurum_ml.settings import Settings, get_settings
 
@@ -127,10 +126,11 @@ def bad_input(exc: BadInput) -> ServiceError:
     return ServiceError(_STATUS.get(exc.reason, 400), exc.reason, exc.message)
 
 
-def request_image(image_base64: str, settings: Settings) -> np.ndarray:
-    """The request's image as RGB pixels, limits checked; bad input → its error answer."""
+def request_image(image_base64: str, settings: Settings) -> Decoded:
+    """The request's image as RGB pixels (far larger images at reduced scale: see
+    ``Decoded.scale``), limits checked; bad input → its error answer."""
     try:
-        return decode_image(decode_base64(image_base64, settings), settings)
+        return decode_scaled(decode_base64(image_base64, settings), settings)
     except BadInput as exc:
         raise bad_input(exc) from None
 

@@ -17,8 +17,14 @@ routes = APIRouter()
 def detect(request: DetectRequest, model: LoadedModel) -> DetectResponse:
     """Faces in the image, largest first, scoring at least ``min_confidence``."""
     started = time.perf_counter()
-    image = request_image(request.image_base64, model.settings)
-    faces = model.detect_image(image, upsample=request.upsample, min_score=request.min_confidence)
+    decoded = request_image(request.image_base64, model.settings)
+    image, scale = decoded.image, decoded.scale
+    faces = [
+        face.scaled(scale)  # in the coordinates of the image as sent
+        for face in model.detect_image(
+            image, upsample=request.upsample, min_score=request.min_confidence
+        )
+    ]
     if request.max_faces is not None:
         faces = faces[: request.max_faces]
     return DetectResponse(
@@ -28,8 +34,8 @@ def detect(request: DetectRequest, model: LoadedModel) -> DetectResponse:
             )
             for f in faces
         ],
-        image_width=image.shape[1],
-        image_height=image.shape[0],
+        image_width=image.shape[1] * scale,
+        image_height=image.shape[0] * scale,
         model=model.detector_id,
         processing_time_ms=round((time.perf_counter() - started) * 1000, 1),
     )

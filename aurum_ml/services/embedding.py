@@ -19,14 +19,15 @@ routes = APIRouter()
 def extract(request: ExtractRequest, model: LoadedModel) -> ExtractResponse:
     """With ``face``: align from its landmarks (no detection). Without: the largest face."""
     started = time.perf_counter()
-    image = request_image(request.image_base64, model.settings)
-    if request.face is not None:
+    decoded = request_image(request.image_base64, model.settings)
+    image = decoded.image
+    if request.face is not None:  # given in the coordinates of the image as sent
         x1, y1, x2, y2 = request.face.bounding_box
         face = Detection(
             box=(x1, y1, x2, y2),
             landmarks=tuple((int(p[0]), int(p[1])) for p in request.face.landmarks),
             score=0.0,
-        )
+        ).scaled(1 / decoded.scale)
     else:
         faces = model.detect_image(image)
         if not faces:

@@ -7,10 +7,10 @@ import time
 import numpy as np
 
 from aurum_ml.errors import ImageExpired
-from aurum_ml.imaging import decode_image
+from aurum_ml.imaging import decode_scaled
 from aurum_ml.index import ScoreIndex, score_of, unit
 from aurum_ml.quality import confidence, describe, gate, measure_quality
-from aurum_ml.schemas import Job
+from aurum_ml.schemas import Face, Job
 from aurum_ml.settings import Settings
 from aurum_ml.state import PipelineState
 from aurum_ml.vectors import point_id
@@ -26,8 +26,11 @@ def score(job: Job, *, state: PipelineState, index: ScoreIndex, settings: Settin
     vector = state.get_embedding(job.job_id)
     if vector is None:
         raise ImageExpired("the job's embedding is no longer stored (its TTL passed)")
-    image = decode_image(state.get_image(job.image_sha256), settings)
-    quality = measure_quality(image, job.face)
+    decoded = decode_scaled(state.get_image(job.image_sha256), settings)
+    quality = measure_quality(decoded.image, _face_at(job.face, decoded.scale))
+    if decoded.scale > 1:  # sizes are reported in the full image's pixels
+        quality.face_width_px = job.face.box[2] - job.face.box[0]
+        quality.face_height_px = job.face.box[3] - job.face.box[1]
     quality.issues = gate(quality, job.face.detection_score, settings)
     timings = job.timings_ms.model_copy(
         update={"score": round((time.perf_counter() - started) * 1000, 1)}
@@ -62,5 +65,17 @@ def score(job: Job, *, state: PipelineState, index: ScoreIndex, settings: Settin
             "distribution": index.distribution(),
             "vibes": vibes_of(unit(vector), reference),
             "timings_ms": timings.model_copy(update={"score": round(elapsed, 1)}),
+        }
+    )
+
+
+def _face_at(face: Face, scale: int) -> Face:
+    """The face in an image decoded at 1/``scale``."""
+    if scale == 1:
+        return face
+    return face.model_copy(
+        update={
+            "box": [round(v / scale) for v in face.box],
+            "landmarks": [[round(x / scale), round(y / scale)] for x, y in face.landmarks],
         }
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from aurum_ml.errors import ImageExpired
+from aurum_ml.errors import ImageExpired, UserErased
 from aurum_ml.index import ScoreIndex
 from aurum_ml.schemas import Job, Match, Result
 from aurum_ml.settings import Settings
@@ -27,11 +27,18 @@ def store(
     settings: Settings,
 ) -> Result:
     started = time.perf_counter()
+    if users.erased_after(job.user_id, job.epoch):
+        state.release(job.image_sha256, job.job_id)
+        raise UserErased(ERASED)
     if job.degraded and job.status != "rejected":
         # Simulated: nothing goes into the collection or the index; the image stays (within
         # its TTL) for the re-score once the services are back.
         job = job.model_copy(update={"status": "scored"})
         degraded.record(job)
+        if users.erased_after(job.user_id, job.epoch):  # erased meanwhile: no record left
+            degraded.done(job.job_id)
+            state.release(job.image_sha256, job.job_id)
+            raise UserErased(ERASED)
     elif job.status == "rejected" or job.point_id is None:
         users.rejected(job.user_id, job.image_sha256, job.job_id)
         state.release(job.image_sha256, job.job_id)
@@ -46,13 +53,15 @@ def store(
     )
     result = job.model_copy(update={"timings_ms": timings}).result()
     if result.status == "scored":
-        users.scored(job.user_id, job.image_sha256, job.job_id, result.model_dump(mode="json"))
+        fields = result.model_dump(mode="json")
+        if not users.scored(job.user_id, job.image_sha256, job.job_id, fields, job.epoch):
+            # erased since the checks above: the erasure removes the point and records
+            state.release(job.image_sha256, job.job_id)
+            raise UserErased(ERASED)
     return result
 
 
-def _erased_meanwhile(users: UserRecords, job: Job) -> bool:
-    erased_at = users.forgotten_since(job.user_id)
-    return erased_at is not None and erased_at >= job.submitted_at
+ERASED = "the user was erased after this job was submitted: nothing is stored"
 
 
 def _store_face(
@@ -65,8 +74,6 @@ def _store_face(
     settings: Settings,
 ) -> Job:
     assert job.point_id is not None
-    if _erased_meanwhile(users, job):
-        raise ImageExpired("the user was erased while this job was in flight")
     vector = state.get_embedding(job.job_id)
     if vector is None:  # a second run after the first one released it
         stored = vectors.get(job.point_id)
@@ -98,8 +105,8 @@ def _store_face(
     }
     vectors.upsert(job.point_id, vector, payload)
     index.add(job.point_id, vector, job.typicality or 0.0)
-    if _erased_meanwhile(users, job):  # erased while we wrote: take it back out
+    if users.erased_after(job.user_id, job.epoch):  # erased while we wrote: take it out
         index.remove([(job.point_id, vector)])
         vectors.delete([job.point_id])
-        raise ImageExpired("the user was erased while this job was in flight")
+        raise UserErased(ERASED)
     return job.model_copy(update={"status": "scored", "matches": matches})

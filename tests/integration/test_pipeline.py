@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from celery import states
 
-from aurum_ml.errors import StoreUnavailable
+from aurum_ml.errors import InvalidRequest, StoreUnavailable
 from aurum_ml.tasks import score_face
 
 from samples import b64, no_face, one_pixel_png, png_header_claiming, two_faces
@@ -105,10 +105,10 @@ def test_bad_input_is_a_rejection_with_a_reason(
     assert _leftovers(redis_client) == []
 
 
-def test_a_bad_user_id_is_a_rejection(pipeline_worker, photos):
-    out = score_face.delay(b64((photos / "obama.jpg").read_bytes()), user_id="").get(TIMEOUT)
-    assert (out["status"], out["reason"]) == ("rejected", "invalid_request")
-    assert "user_id" in out["message"]
+def test_a_bad_user_id_is_refused_before_it_is_sent(pipeline_worker, photos):
+    with pytest.raises(InvalidRequest) as refused:
+        score_face.delay(b64((photos / "obama.jpg").read_bytes()), user_id="")
+    assert refused.value.reason == "invalid_request" and "user_id" in refused.value.message
 
 
 def test_several_faces_score_the_largest_when_allowed(pipeline_worker, photos):
@@ -149,5 +149,9 @@ def test_the_image_never_reaches_logs_or_events(pipeline_worker, photos):
     finally:
         before_task_publish.disconnect(capture)
     headers = next(h for h in seen if h["task"] == "aurum_ml.score_face")
-    assert image[:200] not in headers["argsrepr"] and "<image:" in headers["argsrepr"]
-    assert "u-redact" in headers["kwargsrepr"]
+    assert image[:200] not in headers["argsrepr"] and "<image>" in headers["argsrepr"]
+    assert "u-redact" not in headers["kwargsrepr"] and "<user>" in headers["kwargsrepr"]
+    stages = [h for h in seen if h["task"] != "aurum_ml.score_face"]
+    assert {h["task"] for h in stages} >= {"aurum_ml.detect", "aurum_ml.store"}
+    for stage in stages:  # a job payload shows as its id and status only
+        assert "u-redact" not in stage["argsrepr"] and "<job " in stage["argsrepr"]

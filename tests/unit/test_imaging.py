@@ -122,3 +122,16 @@ def test_exif_orientation_is_applied(limits, photos):
     original.save(buf, format="JPEG", exif=exif.tobytes())
     decoded = decode_image(buf.getvalue(), limits)
     assert decoded.shape[:2] == (910, 1137)
+
+
+def test_transparency_is_flattened_on_white(limits):
+    from PIL import Image as PILImage
+
+    for mode, pixel in (("RGBA", (10, 20, 30, 0)), ("LA", (10, 0))):
+        buf = io.BytesIO()
+        PILImage.new(mode, (80, 80), pixel).save(buf, format="PNG")
+        decoded = decode_image(buf.getvalue(), limits)
+        assert decoded.shape == (80, 80, 3) and int(decoded.min()) == 255, mode
+    half = io.BytesIO()
+    PILImage.new("RGBA", (80, 80), (0, 0, 0, 128)).save(half, format="PNG")
+    assert abs(int(decode_image(half.getvalue(), limits)[0, 0, 0]) - 127) <= 1
