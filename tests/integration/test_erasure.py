@@ -384,3 +384,28 @@ def test_compact_rewrites_the_aof_so_erased_data_leaves_disk(aof_redis, tmp_path
     # a Redis without AOF says so
     plain = runtime.settings.model_copy(update={"redis_url": os.environ["AURUM_REDIS_URL"]})
     assert set(s["status"] for s in compact(plain, 60)["servers"].values()) == {"aof_off"}
+
+
+def test_the_second_pass_scrubs_a_result_written_after_the_first(worker, photos, runtime):
+    """A store that searched before the erasure may write its result just after it."""
+    from aurum_ml.tasks import app as celery_app
+
+    _score(photos, "obama.jpg", "u-late-matched")
+    job = _submit(photos, "obama2.jpg", "u-late-matcher")
+    late = job.get(timeout=TIMEOUT)
+    assert "u-late-matched" in json.dumps(late)
+    report = tasks.forget_user.delay("u-late-matched").get(timeout=TIMEOUT)
+    assert "erasure_key" not in report and "job_ids" not in report  # nothing to identify
+    # the late write: the result and its match index entry as the store would leave them
+    celery_app.backend.forget(job.id)
+    celery_app.backend.store_result(job.id, late, states.SUCCESS)
+    runtime.users.scored("u-late-matcher", "b" * 64, job.id, late)
+    assert "u-late-matched" in json.dumps(tasks.score_face.AsyncResult(job.id).get())
+
+    erased = runtime.users.erasure_key("u-late-matched")
+    swept = tasks.sweep_erased.delay(erased, []).get(timeout=TIMEOUT)
+
+    assert swept["other_results_scrubbed"] == 1
+    assert "u-late-matched" not in json.dumps(tasks.score_face.AsyncResult(job.id).get())
+    assert "u-late-matched" not in json.dumps(runtime.users.latest_result("u-late-matcher"))
+    _forget("u-late-matcher")
