@@ -13,6 +13,7 @@ from celery.signals import before_task_publish
 
 from aurum_ml.celery_app import app
 from aurum_ml.errors import InvalidRequest
+from aurum_ml.forget import forget_user
 from aurum_ml.imaging import decode_scaled
 from aurum_ml.tasks import score_face
 
@@ -76,7 +77,7 @@ def test_printable_unicode_user_ids_are_accepted(user_id, pipeline_worker, photo
         timeout=TIMEOUT
     )
     assert out["status"] == "scored" and out["user_id"] == user_id
-    runtime.users.forget(user_id)
+    forget_user(runtime, user_id)  # leave the population as it was for other tests
 
 
 @pytest.mark.parametrize("value", ["false", "true", 1, 0, "yes", [True]], ids=repr)
@@ -134,7 +135,7 @@ def _png(rgba: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def test_a_fully_transparent_image_is_blank_not_scored(pipeline_worker, photos):
+def test_a_fully_transparent_image_is_blank_not_scored(pipeline_worker, photos, runtime):
     rgb = read_rgb(photos / "obama.jpg")
     rgba = np.dstack([rgb, np.zeros(rgb.shape[:2], np.uint8)])  # the face, invisible
     out = score_face.delay(b64(_png(rgba)), user_id="u-transparent").get(timeout=TIMEOUT)
@@ -143,6 +144,7 @@ def test_a_fully_transparent_image_is_blank_not_scored(pipeline_worker, photos):
     opaque[..., 3] = 255
     shown = score_face.delay(b64(_png(opaque)), user_id="u-opaque").get(timeout=TIMEOUT)
     assert shown["status"] == "scored" and shown["face"]["box"] == [366, 136, 624, 394]
+    forget_user(runtime, "u-opaque")
 
 
 def test_a_huge_png_is_refused_from_its_header(pipeline_worker, settings):
@@ -156,7 +158,7 @@ def test_a_huge_png_is_refused_from_its_header(pipeline_worker, settings):
 
 
 def test_a_huge_jpeg_is_decoded_at_reduced_scale_in_full_size_coordinates(
-    pipeline_worker, photos, settings
+    pipeline_worker, photos, settings, runtime
 ):
     original = read_rgb(photos / "obama.jpg")  # 910 × 1137, face box [366, 136, 624, 394]
     factor = 5
@@ -173,3 +175,4 @@ def test_a_huge_jpeg_is_decoded_at_reduced_scale_in_full_size_coordinates(
     width = out["face"]["box"][2] - out["face"]["box"][0]
     assert abs(width - (624 - 366) * factor) < 0.1 * (624 - 366) * factor
     assert out["quality"]["face_width_px"] == out["face"]["box"][2] - out["face"]["box"][0]
+    forget_user(runtime, "u-huge-jpeg")
