@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup photos demo test lint worker bench bench-pipeline bench-services clean
+.PHONY: setup photos demo test lint worker bench bench-pipeline bench-services chaos clean
 
 setup: $(VENV)/.installed  ## create .venv and install the project with its test extra
 
@@ -34,6 +34,9 @@ bench-pipeline: photos  ## the whole chain on Redis and worker processes vs the 
 
 bench-services: photos  ## ML services (1 and 2 uvicorn workers) vs the in-process call
 	$(BIN)/python bench/services.py
+
+chaos: photos  ## kill a worker and restart Redis under load (own Redis, loopback); docs/reliability.md
+	$(BIN)/python bench/chaos.py --jobs 150
 
 worker: setup  ## one worker for every queue, against AURUM_BROKER_URL
 	$(BIN)/celery -A aurum_ml worker -Q detect,embed,score,store,maintenance --loglevel INFO

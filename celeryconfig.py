@@ -15,16 +15,40 @@ With a local Qdrant folder (no QDRANT_URL) only one process may open it: run the
 queue with ``--concurrency 1 --pool threads``, or better, a Qdrant server.
 """
 
+from typing import Any
+
 from kombu import Exchange, Queue
 
 from aurum_ml.settings import get_settings
 
 _settings = get_settings()
 
-# --- transport ---------------------------------------------------------------------------
+# --- transport: ride out a broker or Redis blip instead of losing the job ------------------
 broker_url = _settings.celery_broker_url
 result_backend = _settings.celery_result_backend
 broker_connection_retry_on_startup = True
+broker_connection_retry = True
+broker_connection_max_retries = None  # a worker keeps reconnecting; it never gives up
+# Publishing (the caller's .delay, a stage's next stage, a retry) waits out an outage of
+# about 80 s: 0.2 s, +0.5 s each time, at most 3 s apart, 30 tries (PUBLISH_MAX_RETRIES).
+# Celery turns a retry
+# whose publish fails into Reject(requeue=False) — a lost job — which PipelineTask turns
+# back into a requeue; this policy makes that the rare case.
+task_publish_retry = True
+task_publish_retry_policy = {
+    "max_retries": _settings.publish_max_retries,
+    "interval_start": 0.2,
+    "interval_step": 0.5,
+    "interval_max": 3,
+}
+# The result backend: a worker storing a result retries connection errors (exponential
+# sleep from 0.1 s to 10 s, 30 tries: minutes), and a caller waiting in .get() reconnects
+# for ~2 min (its retry_policy below) instead of dying with "Retry limit exceeded … the
+# Celery application must be restarted" after ~20 s.
+result_backend_always_retry = True
+result_backend_max_retries = 30
+result_backend_base_sleep_between_retries_ms = 100
+result_backend_max_sleep_between_retries_ms = 10_000
 
 # --- serialisation: JSON only. A pickle message is refused by the worker, never run. ----
 task_serializer = "json"
@@ -66,26 +90,37 @@ result_expires = _settings.result_expires_s
 
 # --- limits and retries, per task (seconds) --------------------------------------------
 # soft limit → SoftTimeLimitExceeded in the task (a permanent failure); hard → killed.
+# The acked-late tasks' hard limits set the Redis visibility timeout below: keep them short.
 _LIMITS = {
     "aurum_ml.score_face": (15, 20),
-    "aurum_ml.detect": (60, 75),
-    "aurum_ml.embed": (30, 45),
-    "aurum_ml.score": (30, 45),
-    "aurum_ml.store": (30, 45),
+    "aurum_ml.detect": (40, 45),
+    "aurum_ml.embed": (40, 45),
+    "aurum_ml.score": (30, 40),
+    "aurum_ml.store": (30, 40),
+    "aurum_ml.get_score": (30, 40),
+    "aurum_ml.similar": (30, 40),
+    "aurum_ml.leaderboard": (30, 40),
+    "aurum_ml.stats": (30, 40),
+    "aurum_ml.forget_user": (50, 60),
+    "aurum_ml.sweep_erased": (50, 60),
+    # acked on receipt (see _ACK_EARLY): long, or re-sent by beat anyway
     "aurum_ml.rerank": (1800, 1860),
-    "aurum_ml.get_score": (30, 45),
-    "aurum_ml.similar": (30, 45),
-    "aurum_ml.leaderboard": (30, 45),
-    "aurum_ml.stats": (30, 45),
-    "aurum_ml.forget_user": (120, 150),
-    "aurum_ml.sweep_erased": (120, 150),
+    "aurum_ml.rescore_degraded": (1800, 1860),
     "aurum_ml.compact_persistence": (60, 75),
     "aurum_ml.probe_health": (
         round(2 * _settings.health_timeout_s + 5),
         round(2 * _settings.health_timeout_s + 10),
     ),
-    "aurum_ml.rescore_degraded": (1800, 1860),
 }
+# Long or periodic tasks are acked when received: a worker killed while it runs them loses
+# that run (beat sends the next re-rank and probe; the re-score is sent again at the next
+# recovery or by hand), and the visibility timeout need not cover half an hour.
+_ACK_EARLY = (
+    "aurum_ml.rerank",
+    "aurum_ml.rescore_degraded",
+    "aurum_ml.compact_persistence",
+    "aurum_ml.probe_health",
+)
 # The middle stages' results only feed the next stage: not stored (less Redis traffic, no
 # face data lingering in the backend); their errors are, so a failure reaches the caller.
 _MIDDLE_STAGES = ("aurum_ml.detect", "aurum_ml.embed", "aurum_ml.score")
@@ -101,17 +136,32 @@ task_annotations = {
         if name in _MIDDLE_STAGES
         else {}
     )
+    | ({"acks_late": False} if name in _ACK_EARLY else {})
     for name, (soft, hard) in _LIMITS.items()
 }
 
-# Retried tasks wait in the worker as ETA messages. With the Redis broker an unacked
-# message comes back after visibility_timeout: keep it well above the longest backoff plus
-# the longest hard limit, or a waiting retry runs twice (kombu#337).
-VISIBILITY_TIMEOUT = max(
-    900, 2 * (_settings.retry_backoff_max_s + max(hard for _, hard in _LIMITS.values()))
+# Redis broker: a message taken by a worker that dies comes back after visibility_timeout.
+# Too long and a killed worker's jobs wait (it was 64 min); too short and a message still
+# legitimately held — a task running up to its hard limit, a retry waiting out its backoff
+# (an ETA message) — is delivered twice (kombu#337). So: the longest backoff + the longest
+# hard limit of an acked-late task + a margin = 100 s by default. A double delivery is
+# harmless (every stage is idempotent; tested). RabbitMQ redelivers a dead consumer's
+# messages at once instead (no timeout involved): the better broker where that matters.
+LATE_HARD_LIMIT = max(hard for name, (_, hard) in _LIMITS.items() if name not in _ACK_EARLY)
+VISIBILITY_TIMEOUT = _settings.visibility_timeout_s or (
+    _settings.retry_backoff_max_s + LATE_HARD_LIMIT + 10
 )
-broker_transport_options: dict[str, float] = {"visibility_timeout": VISIBILITY_TIMEOUT}
-result_backend_transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT}
+# kombu looks for such messages only every unacked_restore_interval × throttle seconds
+# (10 × 10 = 100 s by default, on top of the timeout): every 5 s instead (one ZRANGE).
+broker_transport_options: dict[str, Any] = {
+    "visibility_timeout": VISIBILITY_TIMEOUT,
+    "unacked_restore_interval": 5,
+    "unacked_restore_throttle": 1,
+}
+result_backend_transport_options: dict[str, Any] = {
+    "visibility_timeout": VISIBILITY_TIMEOUT,
+    "retry_policy": {"max_retries": 60, "interval_start": 0, "interval_step": 1, "interval_max": 2},
+}
 if _settings.embedded:
     # memory:// polls; the default 1 s poll makes every stage wait up to a second.
     broker_transport_options["polling_interval"] = 0.01

@@ -23,7 +23,7 @@ from aurum_ml.runtime import Runtime
 
 __all__ = ["SWEEP_AFTER_S", "ResultStore", "forget_user", "sweep"]
 
-SWEEP_AFTER_S = 90  # > the longest stage hard time limit (45 s) plus queueing
+SWEEP_AFTER_S = 60  # > the store stage's hard time limit (40 s) plus queueing
 
 
 class ResultStore(Protocol):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -80,8 +80,12 @@ class Settings(BaseSettings):
     vibe_reference_min_faces: int = Field(200, ge=2, validation_alias="VIBE_REFERENCE_MIN_FACES")
 
     # --- retries (Celery autoretry; see celeryconfig.py) ---------------------------------
-    task_max_retries: int = Field(5, ge=0, le=20, validation_alias="TASK_MAX_RETRIES")
-    retry_backoff_max_s: int = Field(60, ge=1, le=600, validation_alias="RETRY_BACKOFF_MAX")
+    task_max_retries: int = Field(8, ge=0, le=20, validation_alias="TASK_MAX_RETRIES")
+    retry_backoff_max_s: int = Field(30, ge=1, le=600, validation_alias="RETRY_BACKOFF_MAX")
+    publish_max_retries: int = Field(30, ge=0, le=1000, validation_alias="PUBLISH_MAX_RETRIES")
+    visibility_timeout_s: int | None = Field(
+        None, ge=5, validation_alias="BROKER_VISIBILITY_TIMEOUT"
+    )
     result_expires_s: int = Field(86400, ge=60, validation_alias="RESULT_EXPIRES")
     compact_min_interval_s: int = Field(600, ge=0, validation_alias="COMPACT_MIN_INTERVAL")
 
@@ -107,6 +111,11 @@ class Settings(BaseSettings):
     fallback_backend: Literal["local", "simulated"] = Field(
         "local", validation_alias="FALLBACK_BACKEND"
     )
+
+    @field_validator("visibility_timeout_s", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _check_state_store(self) -> Settings:

@@ -17,7 +17,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from celery import Task, chain, states
+from celery.exceptions import Reject
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from aurum_ml import queries
 from aurum_ml.backends import FaceBackend
@@ -62,6 +65,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("aurum_ml.tasks")
+# a publish failing on these means the broker is unreachable: worth another delivery
+_INFRASTRUCTURE_ERRORS = (KombuOperationalError, ConnectionError, OSError, redis.RedisError)
 
 
 class PipelineTask(Task):
@@ -82,6 +87,18 @@ class PipelineTask(Task):
         if kwargs:
             options.setdefault("kwargsrepr", repr({k: _shown(v) for k, v in kwargs.items()}))
         return super().apply_async(args, kwargs, **options)
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's retry, except that a retry whose publish fails (the broker is down for
+        longer than task_publish_retry_policy waits) puts the message back instead of
+        dropping it: Celery raises Reject(requeue=False) there, which loses the job."""
+        try:
+            return super().retry(*args, **kwargs)
+        except Reject as exc:
+            if exc.requeue or not isinstance(exc.reason, _INFRASTRUCTURE_ERRORS):
+                raise
+            log.warning("%s: could not publish its retry (%s): requeued", self.name, exc.reason)
+            raise Reject(exc.reason, requeue=True) from None
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any

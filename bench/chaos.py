@@ -1,0 +1,466 @@
+"""Fault injection against real processes: lose nothing when a worker is SIGKILLed or Redis
+restarts.
+
+`make chaos` runs every scenario at full size and writes docs/reliability.md; the test suite
+(tests/integration/test_faults.py) runs the same scenarios small. Everything stays on
+loopback: a Redis of our own (AOF on) on a free port in a temporary folder, celery workers
+and the calling app as subprocesses with their own environment, a local Qdrant folder.
+Bounded: every wait has a deadline, every process is stopped at the end.
+
+    python bench/chaos.py [--jobs N] [--report docs/reliability.md]
+    python bench/chaos.py caller --jobs N --progress FILE --out FILE   (the calling app)
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PHOTOS = ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg")
+MODEL_QUEUES = "detect,embed,score"
+STORE_QUEUES = "store,maintenance"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(condition, what: str, seconds: float, every: float = 0.1) -> float:
+    """Poll until ``condition()`` is true; returns the seconds it took."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > seconds:
+            raise TimeoutError(f"timed out after {seconds:.0f} s waiting for {what}")
+        time.sleep(every)
+    return time.monotonic() - started
+
+
+# --- the pieces ---------------------------------------------------------------------------------
+
+
+class RedisServer:
+    """redis-server with AOF on, in its own folder, on a free loopback port."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        server = shutil.which("redis-server")
+        if server is None:
+            raise RuntimeError("redis-server is not installed")
+        self.process = subprocess.Popen(
+            [server, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
+             "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        wait_for(self.up, "redis-server to start", 10, 0.05)
+        return self
+
+    def up(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
+                conn.sendall(b"PING\r\n")
+                return conn.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """A graceful shutdown (the AOF is flushed), as an operator's restart does."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(20)
+        self.process = None
+
+    def client(self):
+        import redis
+
+        return redis.Redis.from_url(self.url, socket_timeout=5)
+
+
+@dataclass
+class Stack:
+    """The environment every process of one scenario shares."""
+
+    folder: Path
+    redis: RedisServer
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, folder: Path, **overrides: str) -> Stack:
+        (folder / "redis").mkdir(parents=True, exist_ok=True)
+        redis_server = RedisServer(folder / "redis").start()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AURUM_", "QDRANT_"))}
+        env.update(
+            AURUM_BROKER_URL=redis_server.url,
+            AURUM_DATA_DIR=str(folder / "data"),
+            QDRANT_PATH=str(folder / "qdrant"),
+            COOLDOWN_DAYS="0",
+            PYTHONPATH=str(ROOT),
+            **overrides,
+        )
+        return cls(folder, redis_server, env)
+
+
+class Worker:
+    """`celery -A aurum_ml worker` in a process group of its own (so it can be killed whole)."""
+
+    def __init__(self, stack: Stack, name: str, queues: str, pool: str, concurrency: int):
+        self.stack, self.name, self.queues = stack, name, queues
+        self.pool, self.concurrency = pool, concurrency
+        self.log = stack.folder / f"{name}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, seconds: float = 90) -> Worker:
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(
+                [str(BIN / "celery"), "-A", "aurum_ml", "worker", "-Q", self.queues,
+                 "-P", self.pool, "-c", str(self.concurrency), "-n", f"{self.name}@%h",
+                 "--without-mingle", "--without-gossip", "--loglevel", "INFO"],
+                env=self.stack.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                start_new_session=True,
+            )  # fmt: skip
+        wait_for(
+            lambda: "ready." in self.log.read_text(errors="replace")[offset:],
+            f"worker {self.name}",
+            seconds,
+            0.2,
+        )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: the main process and every pool child."""
+        if self.process is not None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        self.process = None
+
+
+class Caller:
+    """The calling app: a process that submits jobs and waits for every result."""
+
+    def __init__(self, stack: Stack, jobs: int, photos: Path, prefix: str) -> None:
+        self.stack, self.jobs, self.prefix = stack, jobs, prefix
+        self.progress = stack.folder / f"{prefix}.progress"
+        self.out = stack.folder / f"{prefix}.json"
+        self.log = stack.folder / f"{prefix}.caller.log"
+        self.photos = photos
+        self.process: subprocess.Popen | None = None
+
+    def start(self, deadline_s: float) -> Caller:
+        self.started = time.monotonic()
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(Path(__file__)), "caller", "--jobs", str(self.jobs),
+                 "--photos", str(self.photos), "--prefix", self.prefix,
+                 "--progress", str(self.progress), "--out", str(self.out),
+                 "--deadline", str(deadline_s)],
+                env=self.stack.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            )  # fmt: skip
+        return self
+
+    def finished(self) -> int:
+        return len(self.progress.read_text().splitlines()) if self.progress.exists() else 0
+
+    def wait(self, seconds: float) -> dict[str, Any]:
+        assert self.process is not None
+        self.process.wait(seconds)
+        if not self.out.exists():
+            raise RuntimeError(f"the caller died: {self.log.read_text()[-3000:]}")
+        return json.loads(self.out.read_text())
+
+
+# --- the calling app (runs in its own process) ----------------------------------------------
+
+
+def run_caller(args: argparse.Namespace) -> None:
+    """Submit ``jobs`` photos for distinct users, wait for all, write a summary. Survives a
+    Redis restart: a result read that fails is read again until the deadline."""
+    from celery.result import AsyncResult
+
+    from aurum_ml.tasks import forget_user, score_face, stats
+
+    photos = [base64.b64encode((Path(args.photos) / n).read_bytes()).decode() for n in PHOTOS]
+    started = time.monotonic()
+    deadline = started + args.deadline
+    pending: dict[str, str] = {}
+    caller_errors: Counter[str] = Counter()
+    for i in range(args.jobs):
+        while True:
+            try:
+                result = score_face.delay(photos[i % len(photos)], user_id=f"{args.prefix}-{i}")
+                pending[result.id] = f"{args.prefix}-{i}"
+                break
+            except Exception as exc:  # the broker is down longer than the publish retries
+                caller_errors[f"submit: {type(exc).__name__}"] += 1
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+    outcomes: dict[str, str] = {}
+    progress = open(args.progress, "a")  # noqa: SIM115 (kept open for the whole run)
+    while pending and time.monotonic() < deadline:
+        for job_id in list(pending):
+            try:
+                result = AsyncResult(job_id)
+                if not result.ready():
+                    continue
+                try:
+                    out = result.get(timeout=5, disable_sync_subtasks=False)
+                    outcome = out["status"] if out.get("reason") is None else out["reason"]
+                except Exception as exc:  # the job itself failed
+                    if type(exc).__module__.startswith(("redis", "kombu")):
+                        raise
+                    outcome = f"failed: {type(exc).__name__}: {exc}"[:200]
+            except Exception as exc:  # reaching the backend failed: try again
+                caller_errors[f"read: {type(exc).__name__}"] += 1
+                time.sleep(0.5)
+                continue
+            outcomes[job_id] = outcome
+            del pending[job_id]
+            progress.write(f"{job_id} {outcome}\n")
+            progress.flush()
+        time.sleep(0.05)
+    resolved_s = round(time.monotonic() - started, 1)
+    # the app still works afterwards: one more round trip
+    after = "ok"
+    try:
+        count = stats.delay().get(timeout=60)["models"]
+        faces = sum(m["count"] for m in count.values())
+    except Exception as exc:
+        after, faces = f"{type(exc).__name__}: {exc}", -1
+    # erasure after the faults: forget every user of the run, then count what is left
+    forgotten = 0
+    for i in range(args.jobs):
+        try:
+            forget_user.delay(f"{args.prefix}-{i}").get(timeout=60)
+            forgotten += 1
+        except Exception as exc:
+            caller_errors[f"forget: {type(exc).__name__}"] += 1
+    try:
+        count = stats.delay().get(timeout=60)["models"]
+        faces_after_forget = sum(m["count"] for m in count.values())
+    except Exception:
+        faces_after_forget = -1
+    summary = {
+        "jobs": args.jobs,
+        "forgotten": forgotten,
+        "faces_after_forget": faces_after_forget,
+        "outcomes": dict(Counter(outcomes.values())),
+        "unresolved": len(pending),
+        "seconds": resolved_s,  # until every job had resolved
+        "caller_errors": dict(caller_errors),
+        "after": after,
+        "faces_in_index": faces,
+    }
+    Path(args.out).write_text(json.dumps(summary, indent=2))
+
+
+# --- scenarios ------------------------------------------------------------------------------------
+
+
+def leftovers(stack: Stack) -> dict[str, int]:
+    """Biometric keys still in Redis (images, vectors) once every job has ended."""
+    client = stack.redis.client()
+    return {
+        "images": len(list(client.scan_iter("aurum:img:*"))),
+        "vectors": len(list(client.scan_iter("aurum:vec:*"))),
+    }
+
+
+def mentions(stack: Stack, needle: str) -> int:
+    """Keys of the scenario's Redis whose name or value holds ``needle`` (every type)."""
+    client = stack.redis.client()
+    raw, found = needle.encode(), 0
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        if kind == b"string":
+            values = [client.get(key) or b""]
+        elif kind == b"hash":
+            values = [b for pair in client.hgetall(key).items() for b in pair]
+        elif kind == b"set":
+            values = list(client.smembers(key))
+        elif kind == b"zset":
+            values = list(client.zrange(key, 0, -1))
+        elif kind == b"list":
+            values = list(client.lrange(key, 0, -1))
+        else:
+            values = []
+        found += raw in key or any(raw in v for v in values)
+    return found
+
+
+def kill_model_worker(
+    folder: Path, photos: Path, jobs: int, kill_after: int, **env: str
+) -> dict[str, Any]:
+    """SIGKILL the model worker's process group mid-run, restart it; count what came back."""
+    stack = Stack.create(folder, **env)
+    store = Worker(stack, "store", STORE_QUEUES, "threads", 1).start()
+    model = Worker(stack, "model", MODEL_QUEUES, "prefork", 2).start()
+    caller = Caller(stack, jobs, photos, "kill").start(deadline_s=600)
+    try:
+        wait_for(lambda: caller.finished() >= kill_after, "jobs before the kill", 300)
+        model.kill()
+        killed_at = time.monotonic()
+        model.start()
+        restarted = time.monotonic() - killed_at
+        summary = caller.wait(600)
+        summary["recovered_s_after_restart"] = round(
+            caller.started + summary["seconds"] - killed_at - restarted, 1
+        )
+        summary["restart_s"] = round(restarted, 1)
+        summary["leftovers"] = _settled_leftovers(stack)
+        summary["mentions_after_forget"] = mentions(stack, "kill-")
+        return summary
+    finally:
+        model.stop()
+        store.stop()
+        stack.redis.stop()
+
+
+def restart_redis(
+    folder: Path,
+    photos: Path,
+    jobs: int,
+    stop_after: int,
+    down_s: float,
+    deadline_s: float = 600,
+    **env: str,
+) -> dict[str, Any]:
+    """Shut Redis (broker, results, state; AOF on) down mid-run and start it again."""
+    stack = Stack.create(folder, **env)
+    store = Worker(stack, "store", STORE_QUEUES, "threads", 1).start()
+    model = Worker(stack, "model", MODEL_QUEUES, "prefork", 2).start()
+    caller = Caller(stack, jobs, photos, "redis").start(deadline_s=deadline_s)
+    try:
+        wait_for(lambda: caller.finished() >= stop_after, "jobs before the restart", 300)
+        stack.redis.stop()
+        time.sleep(down_s)
+        stack.redis.start()
+        summary = caller.wait(deadline_s + 60)
+        summary["down_s"] = down_s
+        summary["leftovers"] = _settled_leftovers(stack)
+        summary["mentions_after_forget"] = mentions(stack, "redis-")
+        return summary
+    finally:
+        model.stop()
+        store.stop()
+        stack.redis.stop()
+
+
+def _settled_leftovers(stack: Stack) -> dict[str, int]:
+    """Image and vector keys once in-flight releases have run (a few seconds at most)."""
+    with contextlib.suppress(TimeoutError):
+        wait_for(lambda: not any(leftovers(stack).values()), "images to be released", 15, 0.5)
+    return leftovers(stack)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    caller = sub.add_parser("caller")
+    caller.add_argument("--jobs", type=int, required=True)
+    caller.add_argument("--photos", required=True)
+    caller.add_argument("--prefix", required=True)
+    caller.add_argument("--progress", required=True)
+    caller.add_argument("--out", required=True)
+    caller.add_argument("--deadline", type=float, default=600)
+    parser.add_argument("--jobs", type=int, default=150)
+    parser.add_argument("--report", default=str(ROOT / "docs" / "reliability.md"))
+    args = parser.parse_args()
+    if args.command == "caller":
+        run_caller(args)
+        return
+    sys.path.insert(0, str(ROOT / "tests"))
+    from photos import fetch
+
+    photos = fetch()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="aurum-chaos-") as tmp:
+        results["kill"] = kill_model_worker(Path(tmp) / "kill", photos, args.jobs, args.jobs // 3)
+        print(json.dumps(results["kill"], indent=2))
+        results["redis"] = restart_redis(Path(tmp) / "redis", photos, 100, 30, 3.0)
+        print(json.dumps(results["redis"], indent=2))
+    write_report(Path(args.report), results)
+
+
+def write_report(path: Path, results: dict[str, Any]) -> None:
+    import celeryconfig
+
+    lines = [
+        "# Reliability: what faults do to jobs (`make chaos`)",
+        "",
+        "One run of `bench/chaos.py` on this machine (2 cores): its own Redis 7 with AOF on as",
+        "broker, result backend and state; a model worker (detect, embed, score; prefork × 2)",
+        "and a store worker (store, maintenance; threads × 1) as `celery worker` subprocesses;",
+        "the calling app as a subprocess that submits every job, then waits for every result.",
+        f"Production settings: visibility timeout {celeryconfig.VISIBILITY_TIMEOUT} s, "
+        f"{celeryconfig._settings.task_max_retries} retries capped at "
+        f"{celeryconfig._settings.retry_backoff_max_s} s, publish retries "
+        f"{celeryconfig._settings.publish_max_retries}.",
+        "",
+        "| scenario | jobs | outcomes | unresolved | stored (index) | leftovers img/vec | "
+        "after forgetting every user | notes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        notes = {
+            "kill": f"model worker's process group SIGKILLed after {r['jobs'] // 3} results, "
+            f"restarted in {r.get('restart_s')} s; every job resolved "
+            f"{r.get('recovered_s_after_restart')} s after the restart",
+            "redis": f"Redis shut down (SIGTERM) and started again {r.get('down_s')} s later; "
+            f"caller errors {r['caller_errors'] or 'none'}; the app afterwards: {r['after']}",
+        }.get(name, "")
+        erased = (
+            f"{r['faces_after_forget']} faces, {r['mentions_after_forget']} Redis keys "
+            "naming a user"
+        )
+        lines.append(
+            f"| {name} | {r['jobs']} | {r['outcomes']} | {r['unresolved']} | "
+            f"{r['faces_in_index']} | {r['leftovers']['images']}/{r['leftovers']['vectors']} | "
+            f"{erased} | {notes} |"
+        )
+    lines += [
+        "",
+        "The same two scenarios run small in `make test` (tests/integration/test_faults.py, with",
+        "a 10 s visibility timeout), beside the bad-input corpus (tests/services/test_corpus.py)",
+        "and a refused pickle message (tests/integration/test_routing.py).",
+        "",
+        "Not yet here (issue #9): a RabbitMQ restart, the ML services stopped for 30 s under beat,",
+        "the corpus and pickles against a worker process with its RSS watched.",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Lose nothing: a SIGKILLed worker's jobs come back, a Redis restart fails no job and the
+calling app keeps working, and a stage run twice for one job changes nothing.
+
+The fault scenarios are bench/chaos.py's (what `make chaos` runs at full size), small:
+their own redis-server (AOF on) on a free loopback port, celery workers and the calling app
+as subprocesses. The visibility timeout is cut to 10 s here so a killed worker's messages
+come back quickly; production computes it from the limits (celeryconfig.py)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import chaos  # noqa: E402
+
+FAST = {"BROKER_VISIBILITY_TIMEOUT": "10", "RETRY_BACKOFF_MAX": "2", "TASK_MAX_RETRIES": "8"}
+
+
+def _no_job_lost(summary: dict, jobs: int) -> None:
+    assert summary["unresolved"] == 0, summary
+    assert summary["outcomes"] == {"scored": jobs}, summary  # none failed, none rejected
+    assert summary["faces_in_index"] == jobs, summary  # each stored exactly once
+    assert summary["after"] == "ok", summary  # the calling app still works
+    assert summary["leftovers"] == {"images": 0, "vectors": 0}, summary
+    # forget is total after the faults: no face, key or value names a user of the run
+    assert summary["forgotten"] == jobs and summary["faces_after_forget"] == 0, summary
+    assert summary["mentions_after_forget"] == 0, summary
+
+
+def test_a_killed_model_workers_jobs_all_come_back(tmp_path, photos):
+    summary = chaos.kill_model_worker(tmp_path, photos, jobs=10, kill_after=3, **FAST)
+    _no_job_lost(summary, 10)
+
+
+def test_a_redis_restart_fails_no_job_and_the_caller_survives(tmp_path, photos):
+    summary = chaos.restart_redis(tmp_path, photos, jobs=16, stop_after=5, down_s=3.0, **FAST)
+    _no_job_lost(summary, 16)
+
+
+def test_every_stage_run_twice_for_one_job_changes_nothing(runtime, model, photos):
+    """What a redelivered message does: the same stage again, with the same payload."""
+    from aurum_ml.schemas import Job
+
+    data = (photos / "obama3.jpg").read_bytes()
+    sha = "d" * 64
+    runtime.state.put_image(sha, data, "job-twice")
+    job = Job(job_id="job-twice", status="pending", user_id="u-twice", image_sha256=sha,
+              submitted_at=time.time())  # fmt: skip
+    detected = runtime.detect(job, runtime.local)
+    assert runtime.detect(job, runtime.local).face == detected.face
+    embedded = runtime.embed(detected, runtime.local)
+    first_vector = runtime.state.get_embedding("job-twice")
+    assert runtime.embed(detected, runtime.local).face == embedded.face
+    assert np.array_equal(runtime.state.get_embedding("job-twice"), first_vector)
+    scored = runtime.score(embedded)
+    assert runtime.score(embedded).percentile == scored.percentile
+    before = runtime.index.count()
+    stored = runtime.store(scored)
+    again = runtime.store(scored)  # the image and vector are gone: it finds its point
+    assert again.point_id == stored.point_id and again.score == stored.score
+    assert runtime.index.count() == before + 1
+    assert len(runtime.vectors.user_points("u-twice")) == 1
+    from aurum_ml.forget import forget_user
+
+    forget_user(runtime, "u-twice")
+
+
+def test_the_visibility_timeout_follows_the_limits():
+    import celeryconfig
+
+    late = [
+        hard
+        for name, (_, hard) in celeryconfig._LIMITS.items()
+        if name not in celeryconfig._ACK_EARLY
+    ]
+    settings = celeryconfig._settings
+    if settings.visibility_timeout_s is None:
+        expected = settings.retry_backoff_max_s + max(late) + 10
+        assert expected == celeryconfig.VISIBILITY_TIMEOUT
+    # every acked-late task fits: its longest backoff plus its hard limit
+    assert all(settings.retry_backoff_max_s + hard < 130 for hard in late)
+    for name in celeryconfig._ACK_EARLY:  # the half-hour tasks are acked on receipt
+        assert celeryconfig.task_annotations[name]["acks_late"] is False
+
+
+def test_a_retry_that_cannot_be_published_is_requeued_not_dropped():
+    """Celery turns a retry whose publish fails into Reject(requeue=False), which loses
+    the job; PipelineTask asks for a requeue instead. A real broker that is down: a
+    closed loopback port, one publish try."""
+    from celery import Celery
+    from celery.exceptions import Reject
+
+    from aurum_ml.errors import StateUnavailable
+    from aurum_ml.tasks import PipelineTask
+
+    dead = Celery("dead-broker", broker=f"redis://127.0.0.1:{chaos.free_port()}/0",
+                  set_as_current=False)  # fmt: skip
+    dead.conf.task_publish_retry_policy = {"max_retries": 0}
+
+    @dead.task(bind=True, base=PipelineTask, name="aurum_ml.test_stage")
+    def stage(self):  # pragma: no cover - never run, only retried
+        return None
+
+    stage.push_request(id="job-requeue", retries=0, called_directly=False, delivery_info={})
+    try:
+        with pytest.raises(Reject) as rejected:
+            stage.retry(exc=StateUnavailable("Redis unavailable"), countdown=1)
+    finally:
+        stage.pop_request()
+    assert rejected.value.requeue is True
