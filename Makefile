@@ -35,7 +35,7 @@ bench-pipeline: photos  ## the whole chain on Redis and worker processes vs the 
 bench-services: photos  ## ML services (1 and 2 uvicorn workers) vs the in-process call
 	$(BIN)/python bench/services.py
 
-chaos: photos  ## kill a worker and restart Redis under load (own Redis, loopback); docs/reliability.md
+chaos: photos  ## faults under load (worker kill, Redis and RabbitMQ restarts, services down, bad input) → docs/reliability.md
 	$(BIN)/python bench/chaos.py --jobs 150
 
 worker: setup  ## one worker for every queue, against AURUM_BROKER_URL
