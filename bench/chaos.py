@@ -671,6 +671,7 @@ def main() -> None:
         scenarios = {
             "kill": lambda f: kill_model_worker(f, photos, args.jobs, args.jobs // 3),
             "redis": lambda f: restart_redis(f, photos, 100, 30, 3.0),
+            "redis_60s": lambda f: restart_redis(f, photos, 100, 30, 60.0),
             "rabbitmq": lambda f: rabbitmq_connections(f, photos, 100, 30),
             "services": lambda f: services_down(f, photos, 90, 1.5, 30.0, 2.0),
             "bad_input": lambda f: bad_input(f, photos),
@@ -702,7 +703,7 @@ def write_report(path: Path, results: dict[str, Any]) -> None:
         "| what happened |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("kill", "redis", "rabbitmq", "services"):
+    for name in ("kill", "redis", "redis_60s", "rabbitmq", "services"):
         if name not in results:
             continue
         r = results[name]
@@ -712,6 +713,8 @@ def write_report(path: Path, results: dict[str, Any]) -> None:
             f"{r.get('recovered_s_after_restart')} s after the restart",
             "redis": f"Redis shut down and started again {r.get('down_s')} s later; caller "
             f"errors: {r['caller_errors'] or 'none'}; the app afterwards: {r['after']}",
+            "redis_60s": f"the same, Redis down for {r.get('down_s')} s; caller errors: "
+            f"{r['caller_errors'] or 'none'}; the app afterwards: {r['after']}",
             "rabbitmq": "RabbitMQ broker: every connection of the vhost closed by the broker "
             f"(as a node restart does); caller errors: {r['caller_errors'] or 'none'}",
             "services": f"both ML services SIGKILLed for {r.get('down_s')} s under "

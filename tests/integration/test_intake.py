@@ -29,6 +29,7 @@ BAD_USER_IDS = {
     "lone surrogate": "u\ud800",
     "bidi override": "u\u202egnp.exe",
     "129 chars": "u" * 129,
+    "10 KB": "u" * 10_240,
     "not NFC": "jose\u0301",
     "leading space": " u1",
     "not a string": 42,
