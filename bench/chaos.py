@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -360,10 +361,9 @@ def leftovers(stack: Stack) -> dict[str, int]:
     }
 
 
-def mentions(stack: Stack, needle: str) -> int:
-    """Keys of the scenario's Redis whose name or value holds ``needle`` (every type)."""
-    client = stack.redis.client()
-    raw, found = needle.encode(), 0
+def redis_mentions(client: Any, needle: str) -> list[str]:
+    """Keys whose name or value holds ``needle``, every type, the whole database."""
+    raw, found = needle.encode(), []
     for key in client.scan_iter(count=1000):
         kind = client.type(key)
         if kind == b"string":
@@ -378,8 +378,35 @@ def mentions(stack: Stack, needle: str) -> int:
             values = list(client.lrange(key, 0, -1))
         else:
             values = []
-        found += raw in key or any(raw in v for v in values)
+        if raw in key or any(raw in v for v in values):
+            found.append(key.decode())
     return found
+
+
+def mentions(stack: Stack, needle: str) -> int:
+    """How many keys of the scenario's Redis name ``needle``."""
+    return len(redis_mentions(stack.redis.client(), needle))
+
+
+@contextlib.contextmanager
+def workers(stack: Stack) -> Iterator[tuple[Worker, Worker]]:
+    """The scenario's model and store workers; everything (Redis too) stopped at the end."""
+    store = Worker(stack, "store", STORE_QUEUES, "threads", 1).start()
+    model = Worker(stack, "model", MODEL_QUEUES, "prefork", 2).start()
+    try:
+        yield model, store
+    finally:
+        model.stop()
+        store.stop()
+        stack.redis.stop()
+
+
+def finish(stack: Stack, caller: Caller, seconds: float) -> dict[str, Any]:
+    """The caller's summary, plus what is left in Redis once the jobs and erasures ran."""
+    summary = caller.wait(seconds)
+    summary["leftovers"] = _settled_leftovers(stack)
+    summary["mentions_after_forget"] = mentions(stack, f"{caller.prefix}-")
+    return summary
 
 
 def kill_model_worker(
@@ -387,27 +414,19 @@ def kill_model_worker(
 ) -> dict[str, Any]:
     """SIGKILL the model worker's process group mid-run, restart it; count what came back."""
     stack = Stack.create(folder, **env)
-    store = Worker(stack, "store", STORE_QUEUES, "threads", 1).start()
-    model = Worker(stack, "model", MODEL_QUEUES, "prefork", 2).start()
-    caller = Caller(stack, jobs, photos, "kill").start(deadline_s=600)
-    try:
+    with workers(stack) as (model, _):
+        caller = Caller(stack, jobs, photos, "kill").start(deadline_s=600)
         wait_for(lambda: caller.finished() >= kill_after, "jobs before the kill", 300)
         model.kill()
         killed_at = time.monotonic()
         model.start()
         restarted = time.monotonic() - killed_at
-        summary = caller.wait(600)
+        summary = finish(stack, caller, 600)
         summary["recovered_s_after_restart"] = round(
             caller.started + summary["seconds"] - killed_at - restarted, 1
         )
         summary["restart_s"] = round(restarted, 1)
-        summary["leftovers"] = _settled_leftovers(stack)
-        summary["mentions_after_forget"] = mentions(stack, "kill-")
         return summary
-    finally:
-        model.stop()
-        store.stop()
-        stack.redis.stop()
 
 
 def restart_redis(
@@ -421,23 +440,13 @@ def restart_redis(
 ) -> dict[str, Any]:
     """Shut Redis (broker, results, state; AOF on) down mid-run and start it again."""
     stack = Stack.create(folder, **env)
-    store = Worker(stack, "store", STORE_QUEUES, "threads", 1).start()
-    model = Worker(stack, "model", MODEL_QUEUES, "prefork", 2).start()
-    caller = Caller(stack, jobs, photos, "redis").start(deadline_s=deadline_s)
-    try:
+    with workers(stack):
+        caller = Caller(stack, jobs, photos, "redis").start(deadline_s=deadline_s)
         wait_for(lambda: caller.finished() >= stop_after, "jobs before the restart", 300)
         stack.redis.stop()
         time.sleep(down_s)
         stack.redis.start()
-        summary = caller.wait(deadline_s + 60)
-        summary["down_s"] = down_s
-        summary["leftovers"] = _settled_leftovers(stack)
-        summary["mentions_after_forget"] = mentions(stack, "redis-")
-        return summary
-    finally:
-        model.stop()
-        store.stop()
-        stack.redis.stop()
+        return finish(stack, caller, deadline_s + 60) | {"down_s": down_s}
 
 
 class Vhost:
@@ -473,20 +482,11 @@ def rabbitmq_connections(
         stack.env.update(
             AURUM_BROKER_URL=vhost.url, AURUM_RESULT_BACKEND=redis_url, AURUM_REDIS_URL=redis_url
         )
-        store = Worker(stack, "store", STORE_QUEUES, "threads", 1).start()
-        model = Worker(stack, "model", MODEL_QUEUES, "prefork", 2).start()
-        caller = Caller(stack, jobs, photos, "rabbit").start(deadline_s=600)
-        try:
+        with workers(stack):
+            caller = Caller(stack, jobs, photos, "rabbit").start(deadline_s=600)
             wait_for(lambda: caller.finished() >= close_after, "jobs before the failure", 300)
             vhost.close_connections()
-            summary = caller.wait(660)
-            summary["leftovers"] = _settled_leftovers(stack)
-            summary["mentions_after_forget"] = mentions(stack, "rabbit-")
-            return summary
-        finally:
-            model.stop()
-            store.stop()
-            stack.redis.stop()
+            return finish(stack, caller, 660)
 
 
 class Service:
@@ -538,63 +538,55 @@ def services_down(
         FACE_DETECTION_SERVICE=services["detection"].url,
         FACE_EMBEDDING_SERVICE=services["embedding"].url,
     )
-    store = Worker(stack, "store", STORE_QUEUES, "threads", 1).start()
-    model = Worker(stack, "model", MODEL_QUEUES, "prefork", 2).start()
     beat_log = (stack.folder / "beat.log").open("a")
-    beat = subprocess.Popen(
-        [str(BIN / "celery"), "-A", "aurum_ml", "beat", "-s", str(stack.folder / "schedule"),
-         "--loglevel", "INFO"],
-        env=stack.env, stdout=beat_log, stderr=subprocess.STDOUT, cwd=ROOT,
-    )  # fmt: skip
     client = stack.redis.client()
 
     def flag() -> bool | None:
         return health.fallback_state(client).active
 
     try:
-        wait_for(lambda: flag() is False, "a first healthy probe", 60, 0.2)
-        caller = Caller(stack, jobs, photos, "services").start(deadline_s=600, rate=rate)
-        wait_for(lambda: caller.finished() >= 3, "the first results", 120)
-        for service in services.values():
-            service.kill()
-        down_at = time.monotonic()
-        to_fallback = wait_for(lambda: flag() is True, "the fallback flag", 60, 0.1)
-        time.sleep(max(0.0, down_at + down_s - time.monotonic()))
-        for service in services.values():
-            service.start()
-        up_at = time.monotonic()
-        back = wait_for(lambda: flag() is False, "the flag to turn off", 120, 0.1)
-        summary = caller.wait(660)
-        summary.update(
-            down_s=down_s,
-            probe_interval_s=interval,
-            fallback_after_s=round(to_fallback, 1),
-            back_after_s=round(back, 1),
-            services_restart_s=round(up_at - down_at - down_s, 1),
-            leftovers=_settled_leftovers(stack),
-            mentions_after_forget=mentions(stack, "services-"),
-        )
-        return summary
+        with workers(stack):
+            beat = subprocess.Popen(
+                [str(BIN / "celery"), "-A", "aurum_ml", "beat", "-s",
+                 str(stack.folder / "schedule"), "--loglevel", "INFO"],
+                env=stack.env, stdout=beat_log, stderr=subprocess.STDOUT, cwd=ROOT,
+            )  # fmt: skip
+            try:
+                wait_for(lambda: flag() is False, "a first healthy probe", 60, 0.2)
+                caller = Caller(stack, jobs, photos, "services").start(600, rate=rate)
+                wait_for(lambda: caller.finished() >= 3, "the first results", 120)
+                for service in services.values():
+                    service.kill()
+                down_at = time.monotonic()
+                to_fallback = wait_for(lambda: flag() is True, "the fallback flag", 60, 0.1)
+                time.sleep(max(0.0, down_at + down_s - time.monotonic()))
+                for service in services.values():
+                    service.start()
+                up_at = time.monotonic()
+                back = wait_for(lambda: flag() is False, "the flag to turn off", 120, 0.1)
+                return finish(stack, caller, 660) | {
+                    "down_s": down_s,
+                    "probe_interval_s": interval,
+                    "fallback_after_s": round(to_fallback, 1),
+                    "back_after_s": round(back, 1),
+                    "services_restart_s": round(up_at - down_at - down_s, 1),
+                }
+            finally:
+                beat.terminate()
+                beat.wait(20)
     finally:
-        beat.terminate()
-        beat.wait(20)
         beat_log.close()
-        model.stop()
-        store.stop()
         for service in services.values():
             service.kill()
-        stack.redis.stop()
 
 
 def bad_input(folder: Path, photos: Path) -> dict[str, Any]:
     """The bad-input corpus and a pickle per queue against worker processes, their memory
     watched; nothing may be stored, no worker may die."""
     stack = Stack.create(folder)
-    store = Worker(stack, "store", STORE_QUEUES, "threads", 1).start()
-    model = Worker(stack, "model", MODEL_QUEUES, "prefork", 2).start()
-    assert model.process is not None and store.process is not None
     out = stack.folder / "corpus.json"
-    try:
+    with workers(stack) as (model, store):
+        assert model.process is not None and store.process is not None
         before = group_rss_mb(model.process.pid)
         sender = subprocess.Popen(
             [sys.executable, str(Path(__file__)), "corpus", "--photos", str(photos),
@@ -625,10 +617,6 @@ def bad_input(folder: Path, photos: Path) -> dict[str, Any]:
             "rss_mb": {"before": before, "peak": peak, "after": group_rss_mb(model.process.pid)},
             "leftovers": _settled_leftovers(stack),
         }
-    finally:
-        model.stop()
-        store.stop()
-        stack.redis.stop()
 
 
 def _settled_leftovers(stack: Stack) -> dict[str, int]:

@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,9 @@ from aurum_ml.errors import StoreUnavailable, UserErased
 from aurum_ml.runtime import build_runtime, set_runtime
 
 from samples import b64
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import chaos  # noqa: E402
 
 TIMEOUT = 60
 
@@ -85,24 +89,7 @@ def _score(photos: Path, name: str, user_id: str) -> dict:
 
 def _redis_hits(client: redis.Redis, needle: str) -> list[str]:
     """Keys whose name or value holds ``needle`` (every type, whole db)."""
-    raw = needle.encode()
-    found = []
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key)
-        values: list[bytes] = []
-        if kind == b"string":
-            values = [client.get(key) or b""]
-        elif kind == b"hash":
-            values = [b for pair in client.hgetall(key).items() for b in pair]
-        elif kind == b"set":
-            values = list(client.smembers(key))
-        elif kind == b"zset":
-            values = list(client.zrange(key, 0, -1))
-        elif kind == b"list":
-            values = list(client.lrange(key, 0, -1))
-        if raw in key or any(raw in v for v in values):
-            found.append(key.decode())
-    return found
+    return chaos.redis_mentions(client, needle)
 
 
 def _qdrant_hits(runtime, needle: str) -> list[str]:

@@ -3,7 +3,9 @@ through a real worker on real Redis, with real models and photos and a local Qdr
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,6 +17,9 @@ from aurum_ml.runtime import build_runtime, set_runtime
 from aurum_ml.tasks import score_face
 
 from samples import b64, encode, no_face, read_rgb
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import chaos  # noqa: E402
 
 TIMEOUT = 120
 
@@ -199,25 +204,7 @@ def test_cooldown_one_new_photo_per_period(pipeline_worker, photos, runtime):
 
 
 def _redis_mentions(redis_client, text: str) -> list[str]:
-    needle = text.encode()
-    found = []
-    for key in redis_client.scan_iter(count=1000):
-        kind = redis_client.type(key)
-        if kind == b"string":
-            values = [redis_client.get(key) or b""]
-        elif kind == b"set":
-            values = list(redis_client.smembers(key))
-        elif kind == b"hash":
-            values = [*redis_client.hkeys(key), *redis_client.hvals(key)]
-        elif kind == b"zset":
-            values = list(redis_client.zrange(key, 0, -1))
-        elif kind == b"list":
-            values = list(redis_client.lrange(key, 0, -1))
-        else:
-            values = []
-        if needle in key or any(needle in v for v in values):
-            found.append(key.decode())
-    return found
+    return chaos.redis_mentions(redis_client, text)
 
 
 def test_forget_user_leaves_nothing_and_keeps_others_consistent(

@@ -6,26 +6,19 @@ or anything stored. Real worker thread, real services on loopback."""
 from __future__ import annotations
 
 import base64
+from typing import get_args
 
 import pytest
 import requests
 
-from aurum_ml.errors import InvalidRequest
+from aurum_ml.errors import InvalidRequest, Reason
 from aurum_ml.forget import forget_user
 from aurum_ml.tasks import score_face
 
 from samples import bad_images, bad_texts
 
 TIMEOUT = 60
-REASONS = {
-    "invalid_image",
-    "image_too_large",
-    "no_face",
-    "multiple_faces",
-    "face_too_small",
-    "low_quality",
-    "invalid_request",
-}
+REASONS = set(get_args(Reason)) - {"cooldown"}
 
 
 def _typed(out: dict) -> bool:
