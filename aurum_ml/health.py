@@ -11,8 +11,11 @@ GETs each configured service's ``/health`` with a short timeout and keeps the la
 
 The flag lives in Redis (``aurum:fallback``) with a TTL of three probe intervals, refreshed by
 every probe: if beat dies the flag expires, and stages go back to trying the services first
-(``active: null``). A probe that finds another one ran less than half an interval ago does
-nothing, so two beats cannot double-count. Every transition is logged once and counted.
+(``active: null``). A probe that finds another one ran less than a quarter of an interval ago
+does nothing, so two beats firing the same schedule cannot double-count; a quarter, not more,
+so that a probe the worker's queue delayed does not make the next, punctual one skip (which
+turned the flag on an interval late: docs/reliability.md). Every transition is logged once
+and counted.
 
 Keys: ``aurum:fallback``, ``aurum:health:{service}:outcomes`` (list, newest first),
 ``aurum:health:{service}:last`` (hash), ``aurum:health:lock``,
@@ -103,8 +106,8 @@ def probe(
     flag turns off (the task passes "enqueue rescore_degraded")."""
     interval = settings.health_probe_interval_s
     with redis_errors():
-        if not client.set(LOCK_KEY, "1", nx=True, px=max(1, int(interval * 500))):
-            return {"skipped": "another probe ran less than half an interval ago"}
+        if not client.set(LOCK_KEY, "1", nx=True, px=max(1, int(interval * 250))):
+            return {"skipped": "another probe ran less than a quarter of an interval ago"}
     seen: dict[str, dict[str, Any]] = {}
     for name, url in services_of(settings).items():
         started = time.perf_counter()

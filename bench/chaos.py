@@ -259,13 +259,17 @@ def run_caller(args: argparse.Namespace) -> None:
         time.sleep(0.05)
     pending_total = len(pending) + (args.jobs - submitted)
     resolved_s = round(time.monotonic() - started, 1)
-    # the app still works afterwards: one more round trip
-    after = "ok"
-    try:
-        count = stats.delay().get(timeout=60)["models"]
-        faces = sum(m["count"] for m in count.values())
-    except Exception as exc:
-        after, faces = f"{type(exc).__name__}: {exc}", -1
+    # the app still works afterwards: one more round trip, tried as an app would (3 times;
+    # a transient error is counted in caller_errors, a dead app fails all three)
+    after, faces = "no answer", -1
+    for _ in range(3):
+        try:
+            count = stats.delay().get(timeout=60)["models"]
+            after, faces = "ok", sum(m["count"] for m in count.values())
+            break
+        except Exception as exc:
+            caller_errors[f"after: {type(exc).__name__}: {exc}"[:120]] += 1
+            time.sleep(1)
     # erasure after the faults: forget every user of the run, then count what is left
     forgotten = 0
     for i in range(args.jobs):

@@ -106,7 +106,7 @@ def test_a_flaky_service_turns_the_flag_on_by_availability(
     assert decisions == [False, False, False, False, True]
 
 
-def test_a_second_probe_within_half_an_interval_does_nothing(
+def test_a_second_probe_within_a_quarter_interval_does_nothing(
     clean_health, redis_client, runtime, detection_url
 ):
     settings = _tuned(runtime, face_detection_service=detection_url, health_probe_interval_s=5)
