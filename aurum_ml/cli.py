@@ -274,13 +274,7 @@ def forget_command(user_id: str, compact: bool, as_json: bool) -> None:
     """Erase everything held about USER_ID."""
     from aurum_ml.forget import forget_user
 
-    def erase(runtime: Any, uid: str) -> dict[str, Any]:
-        report = forget_user(runtime, uid)
-        report.pop("job_ids", None)
-        report.pop("erasure_key", None)
-        return report
-
-    out = _query("aurum_ml.forget_user", erase, user_id)
+    out = _query("aurum_ml.forget_user", forget_user, user_id)
     if compact:
         from aurum_ml.persistence import compact as compact_redis
 

@@ -74,9 +74,6 @@ def forget_user(
         "results": len(all_jobs),
         "in_flight_keys": in_flight,
         "other_results_scrubbed": max(scrubbed, len(named)),
-        # for the second pass: ids only, never the user id
-        "job_ids": all_jobs,
-        "erasure_key": runtime.users.erasure_key(user_id),
     }
 
 

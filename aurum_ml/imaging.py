@@ -163,16 +163,17 @@ def decode_scaled(data: bytes, settings: Settings) -> Decoded:
 
 def _decode(data: bytes, info: ImageInfo, scale: int) -> np.ndarray:
     buffer = np.frombuffer(data, np.uint8)
+    by_decoder = info.format == "jpeg" and not info.alpha  # libjpeg scales as it decodes
     if info.alpha:  # keep the alpha channel to flatten it (no EXIF rotation on this path)
         raw = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
-    elif info.format == "jpeg" and scale > 1:
+    elif by_decoder and scale > 1:
         raw = cv2.imdecode(buffer, _REDUCED[scale])
     else:
         raw = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if raw is None or raw.size == 0:
         raise BadInput("image could not be decoded (corrupt or truncated)")
     rgb = _to_rgb(raw)
-    if scale > 1 and not (info.format == "jpeg" and not info.alpha):
+    if scale > 1 and not by_decoder:
         height, width = rgb.shape[:2]
         size = (-(-width // scale), -(-height // scale))  # as libjpeg rounds: up
         rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)

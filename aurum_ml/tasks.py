@@ -44,6 +44,7 @@ from aurum_ml.rerank import rerank as rerank_index
 from aurum_ml.runtime import Runtime, get_runtime
 from aurum_ml.schemas import Job, Result, check_user_id
 from aurum_ml.settings import get_settings
+from aurum_ml.stages.store import ERASED
 from aurum_ml.users import UserRecords
 
 __all__ = [
@@ -201,7 +202,7 @@ def score_face(
         return _rejection(job_id, user_id if _valid_user_id(user_id) else "", exc)
     epoch, erased = runtime.users.job_epoch(user_id, job_id)
     if erased:  # a redelivered intake of a job admitted before the user's erasure
-        raise UserErased("the user was erased after this job was submitted: nothing is stored")
+        raise UserErased(ERASED)
     runtime.users.note_job(user_id, job_id)
     try:
         data = decode_base64(request.image_base64, runtime.settings)
@@ -354,11 +355,16 @@ def stats() -> dict[str, Any]:
 
 
 class CeleryResults:
-    """The jobs' results in Celery's result backend, for erasure (:mod:`aurum_ml.forget`)."""
+    """The jobs' results in Celery's result backend, for erasure (:mod:`aurum_ml.forget`).
+    Remembers the ids it forgot: the erasure's second pass forgets them again."""
+
+    def __init__(self) -> None:
+        self.forgotten: list[str] = []
 
     def forget(self, job_ids: Any) -> None:
         for job_id in job_ids:
             app.AsyncResult(job_id).forget()
+            self.forgotten.append(job_id)
 
     def scrub(self, job_ids: Any, erased: str) -> int:
         changed = 0
@@ -381,9 +387,10 @@ class CeleryResults:
 def forget_user(user_id: str) -> dict[str, Any]:
     """Erase everything held about the user, the Celery results of their jobs and their
     name in other users' match lists included; a second pass follows (forget.sweep)."""
-    report = forget_user_everywhere(get_runtime(), user_id, CeleryResults())
-    job_ids, erased = report.pop("job_ids"), report.pop("erasure_key")
-    sweep_erased.apply_async((erased, job_ids), countdown=SWEEP_AFTER_S)
+    results = CeleryResults()
+    report = forget_user_everywhere(get_runtime(), user_id, results)
+    erased = UserRecords.erasure_key(user_id)  # the second pass never sees the id
+    sweep_erased.apply_async((erased, results.forgotten), countdown=SWEEP_AFTER_S)
     return report
 
 

@@ -152,7 +152,7 @@ class UserRecords:
     def scored(
         self, user_id: str, sha256: str, job_id: str, result: dict[str, Any], epoch: int = 0
     ) -> bool:
-        """Start the cooldown, cache the result (matches by user id, see :meth:`note_matches`)
+        """Start the cooldown, cache the result (and index its matches: :meth:`_note_matches`)
         — unless the user was erased after the job was admitted. False then."""
         tombstone = self._tombstone(user_id)
 

@@ -10,8 +10,9 @@ from aurum_ml.errors import ImageExpired
 from aurum_ml.imaging import decode_scaled
 from aurum_ml.index import ScoreIndex, score_of, unit
 from aurum_ml.quality import confidence, describe, gate, measure_quality
-from aurum_ml.schemas import Face, Job
+from aurum_ml.schemas import Job
 from aurum_ml.settings import Settings
+from aurum_ml.stages.detect import detection_of, face_of
 from aurum_ml.state import PipelineState
 from aurum_ml.vectors import point_id
 from aurum_ml.vibes import VibeReference, vibes_of
@@ -27,7 +28,8 @@ def score(job: Job, *, state: PipelineState, index: ScoreIndex, settings: Settin
     if vector is None:
         raise ImageExpired("the job's embedding is no longer stored (its TTL passed)")
     decoded = decode_scaled(state.get_image(job.image_sha256), settings)
-    quality = measure_quality(decoded.image, _face_at(job.face, decoded.scale))
+    seen = face_of(detection_of(job.face).scaled(1 / decoded.scale))  # in decoded pixels
+    quality = measure_quality(decoded.image, seen)
     if decoded.scale > 1:  # sizes are reported in the full image's pixels
         quality.face_width_px = job.face.box[2] - job.face.box[0]
         quality.face_height_px = job.face.box[3] - job.face.box[1]
@@ -65,17 +67,5 @@ def score(job: Job, *, state: PipelineState, index: ScoreIndex, settings: Settin
             "distribution": index.distribution(),
             "vibes": vibes_of(unit(vector), reference),
             "timings_ms": timings.model_copy(update={"score": round(elapsed, 1)}),
-        }
-    )
-
-
-def _face_at(face: Face, scale: int) -> Face:
-    """The face in an image decoded at 1/``scale``."""
-    if scale == 1:
-        return face
-    return face.model_copy(
-        update={
-            "box": [round(v / scale) for v in face.box],
-            "landmarks": [[round(x / scale), round(y / scale)] for x, y in face.landmarks],
         }
     )
