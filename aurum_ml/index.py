@@ -9,12 +9,19 @@ Per model, in Redis:
 - ``aurum:index:{model}:stats``  the score distribution as of the last re-rank (JSON);
 - ``aurum:index:{model}:vibes``  the vibe reference (see :mod:`aurum_ml.vibes`);
 - ``aurum:index:{model}:gone``   point ids forgotten recently, so a re-rank that read them
-  from Qdrant a moment before they were deleted does not bring them back.
+  from Qdrant a moment before they were deleted does not bring them back;
+- ``aurum:index:{model}:pending:{point id}``  the unit embedding of a face placed by the
+  score stage and not yet confirmed by the store stage (TTL: the image's), so a job that
+  fails between the two can be taken out again.
 
 Typicality is the cosine similarity of a face's unit embedding to the population centroid
 (the mean of the unit embeddings). Percentile = share of the population at or below it,
 ties counting half: ``(below + ½·tied_others + 1) / total``; rank 1 = most typical.
 Placing a face reads the sum (one HGETALL) and counts the sorted set (ZCOUNT, O(log N)).
+The score stage places a face *and counts it in* in one transaction (:meth:`enter`), so
+faces scored at the same moment count each other (totals 1, 2, 3 … into an empty
+population, never 1, 1); the store stage confirms the entry (:meth:`add`), and a job that
+fails or is refused in between takes it out (:meth:`withdraw`).
 As faces arrive the centroid drifts and stored typicalities go stale; the re-rank
 (:mod:`aurum_ml.rerank`) recomputes them all and swaps them in with :meth:`replace`.
 """
@@ -72,11 +79,14 @@ class Placement:
 
 
 class ScoreIndex:
-    def __init__(self, client: redis.Redis, model: str, dim: int) -> None:
+    def __init__(
+        self, client: redis.Redis, model: str, dim: int, pending_ttl_s: int = 4200
+    ) -> None:
         self.redis: Any = client  # redis-py's return types are unions; we use bytes
         self.model = model
         self.dim = dim
-        prefix = f"aurum:index:{model}"
+        self.pending_ttl_s = pending_ttl_s
+        prefix = self._prefix = f"aurum:index:{model}"
         self._sum_key = f"{prefix}:sum"
         self._rank_key = f"{prefix}:rank"
         self._stats_key = f"{prefix}:stats"
@@ -84,8 +94,8 @@ class ScoreIndex:
         self._gone_key = f"{prefix}:gone"
 
     # --- reading --------------------------------------------------------------------------
-    def _read_sum(self) -> tuple[np.ndarray, int]:
-        raw: dict[bytes, bytes] = self.redis.hgetall(self._sum_key)
+    def _read_sum(self, client: Any = None) -> tuple[np.ndarray, int]:
+        raw: dict[bytes, bytes] = (client or self.redis).hgetall(self._sum_key)
         total = np.zeros(self.dim, dtype=np.float64)
         for field, value in raw.items():
             if field != b"n":
@@ -98,20 +108,47 @@ class ScoreIndex:
             total, n = self._read_sum()
         return total / n if n else None
 
-    def place(self, point_id: str, embedding: np.ndarray) -> Placement:
-        """Typicality and standing of a face, as if it were stored (it may already be)."""
+    def _pending_key(self, point_id: str) -> str:
+        return f"{self._prefix}:pending:{point_id}"
+
+    def enter(self, point_id: str, embedding: np.ndarray) -> Placement:
+        """Place a face and count it in, in one transaction (WATCH on the sorted set: a
+        concurrent placement makes it run again), pending until :meth:`add` confirms it.
+        A face already in the index (a redelivered score) is placed, not counted twice."""
         u = unit(embedding)
-        with redis_errors():
-            total_sum, n = self._read_sum()
-            stored = self.redis.zscore(self._rank_key, point_id)
+
+        def place_and_count(pipe: Any) -> Placement:
+            total_sum, n = self._read_sum(pipe)
+            stored = pipe.zscore(self._rank_key, point_id)
             if stored is None:  # not in the population yet: count it in
                 total_sum, n = total_sum + u, n + 1
             typicality = float(u @ unit(total_sum))
-            with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zcard(self._rank_key)
-                pipe.zcount(self._rank_key, "-inf", f"({typicality!r}")
-                pipe.zcount(self._rank_key, typicality, typicality)
-                members, below, tied = pipe.execute()
+            members = pipe.zcard(self._rank_key)
+            below = pipe.zcount(self._rank_key, "-inf", f"({typicality!r}")
+            tied = pipe.zcount(self._rank_key, typicality, typicality)
+            placement = self._placement(typicality, stored, members, below, tied)
+            if stored is None:
+                pipe.multi()
+                self._count_in(pipe, point_id, u, typicality)
+                pipe.set(self._pending_key(point_id), u.tobytes(), ex=self.pending_ttl_s)
+            return placement
+
+        with redis_errors():
+            placed: Placement = self.redis.transaction(
+                place_and_count, self._rank_key, value_from_callable=True
+            )
+            return placed
+
+    def _count_in(self, pipe: Any, point_id: str, u: np.ndarray, typicality: float) -> None:
+        pipe.zadd(self._rank_key, {point_id: typicality})
+        for i, value in enumerate(u):
+            pipe.hincrbyfloat(self._sum_key, str(i), float(value))
+        pipe.hincrby(self._sum_key, "n", 1)
+
+    @staticmethod
+    def _placement(
+        typicality: float, stored: float | None, members: int, below: int, tied: int
+    ) -> Placement:
         others = members - (stored is not None)
         if stored is not None:  # do not count its own earlier entry
             if stored < typicality:
@@ -190,18 +227,18 @@ class ScoreIndex:
 
     # --- writing --------------------------------------------------------------------------
     def add(self, point_id: str, embedding: np.ndarray, typicality: float) -> bool:
-        """Count a stored face in; False if it already was (safe to call twice)."""
+        """Confirm a stored face: count it in unless it already is (placed by :meth:`enter`,
+        or a second call), and end its pending state. False if it already was counted."""
         u = unit(embedding)
+        pending = self._pending_key(point_id)
 
         def add_once(pipe: Any) -> bool:
-            if pipe.zscore(self._rank_key, point_id) is not None:
-                return False
+            present = pipe.zscore(self._rank_key, point_id) is not None
             pipe.multi()
-            pipe.zadd(self._rank_key, {point_id: typicality})
-            for i, value in enumerate(u):
-                pipe.hincrbyfloat(self._sum_key, str(i), float(value))
-            pipe.hincrby(self._sum_key, "n", 1)
-            return True
+            if not present:
+                self._count_in(pipe, point_id, u, typicality)
+            pipe.delete(pending)
+            return not present
 
         with redis_errors():
             # WATCH the sorted set: two store workers adding the same face add it once.
@@ -211,6 +248,44 @@ class ScoreIndex:
                 value_from_callable=True,
             )
             return bool(added)
+
+    def withdraw(self, point_id: str) -> bool:
+        """Take out a face placed by :meth:`enter` and never confirmed (its job failed or was
+        refused after scoring). False if there was nothing pending (confirmed, or never
+        placed). Needs no vector: the pending entry holds it."""
+        pending = self._pending_key(point_id)
+
+        def take_out(pipe: Any) -> bool:
+            raw = pipe.get(pending)
+            if raw is None:
+                return False
+            present = pipe.zscore(self._rank_key, point_id) is not None
+            pipe.multi()
+            if present:  # a re-rank may have dropped it already (not in Qdrant)
+                pipe.zrem(self._rank_key, point_id)
+                for i, value in enumerate(np.frombuffer(raw, dtype=np.float64)):
+                    pipe.hincrbyfloat(self._sum_key, str(i), -float(value))
+                pipe.hincrby(self._sum_key, "n", -1)
+            pipe.delete(pending)
+            return True
+
+        with redis_errors():
+            return bool(
+                self.redis.transaction(take_out, self._rank_key, pending, value_from_callable=True)
+            )
+
+    def pending_units(self, point_ids: Iterable[str]) -> dict[str, np.ndarray]:
+        """The unit embeddings of those faces that are placed and not yet confirmed."""
+        ids = list(point_ids)
+        if not ids:
+            return {}
+        with redis_errors():
+            raw = self.redis.mget([self._pending_key(pid) for pid in ids])
+        return {
+            pid: np.frombuffer(r, dtype=np.float64).copy()
+            for pid, r in zip(ids, raw, strict=True)
+            if r is not None
+        }
 
     def remove(self, faces: Sequence[tuple[str, np.ndarray]]) -> int:
         """Take faces out (their sums too) and remember them as gone. Returns how many
@@ -227,6 +302,7 @@ class ScoreIndex:
                     pipe.hincrbyfloat(self._sum_key, str(i), -float(value))
                 pipe.hincrby(self._sum_key, "n", -1)
             if faces:
+                pipe.delete(*(self._pending_key(pid) for pid, _ in faces))
                 pipe.sadd(self._gone_key, *(pid for pid, _ in faces))
                 pipe.expire(self._gone_key, GONE_TTL_S)
             return len(present)

@@ -80,10 +80,12 @@ def rerank(runtime: Runtime, update_payloads: bool = True) -> RerankReport:
 
     def build(live: set[str]) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, Any]]:
         # Membership: what Qdrant held, less what was forgotten meanwhile, plus what was
-        # stored into the live index after the scan.
+        # stored into the live index after the scan, plus faces scored and not yet stored
+        # (the store stage confirms them; a failed job withdraws them).
         gone = index.gone()
         late = sorted(live - scanned.keys() - gone)
         fetched = vectors.vectors_of(late)
+        fetched |= index.pending_units(p for p in late if p not in fetched)
         members = [pid for pid in ids if pid not in gone] + [p for p in late if p in fetched]
         if not members:
             result.update(members=[], units=np.zeros((0, index.dim)), typ=np.zeros(0))
@@ -108,12 +110,18 @@ def rerank(runtime: Runtime, update_payloads: bool = True) -> RerankReport:
                 reference = index.vibe_reference() or reference
     if members and update_payloads and reference is not None:
         percentiles = midrank_percentiles(typicalities)
+        # rank = 1 + the faces strictly more typical (as ScoreIndex.standing counts)
+        ranks = (
+            len(typicalities) - np.searchsorted(np.sort(typicalities), typicalities, "right") + 1
+        )
         updates = [
             (
                 pid,
                 {
                     "score": float(scores[i]),
                     "percentile": round(float(percentiles[i]), 4),
+                    "rank": int(ranks[i]),
+                    "total_faces": len(members),
                     "typicality": round(float(typicalities[i]), 6),
                     "vibes": vibes_of(units[i], reference),
                 },

@@ -20,7 +20,7 @@ from aurum_ml.schemas import Job, Result
 from aurum_ml.settings import Settings, get_settings
 from aurum_ml.state import DegradedJobs, PipelineState, connect
 from aurum_ml.users import UserRecords
-from aurum_ml.vectors import VectorStore
+from aurum_ml.vectors import VectorStore, point_id
 
 __all__ = ["Runtime", "build_runtime", "get_runtime", "set_runtime"]
 
@@ -60,8 +60,13 @@ class Runtime:
         )
 
     def release_failed(self, job: Job) -> None:
-        """A job that failed for good lets go of its image, its vector and the user's
-        pending cooldown reservation (a scored cooldown is left alone)."""
+        """A job that failed for good lets go of its image, its vector, its place in the
+        score index if it was scored and not stored, and the user's pending cooldown
+        reservation (a scored cooldown is left alone)."""
+        if job.model is not None:  # the score stage may have counted it in
+            self.index.withdraw(
+                job.point_id or point_id(job.user_id, job.image_sha256, 0, job.model)
+            )
         self.users.rejected(job.user_id, job.image_sha256, job.job_id)
         self.state.release(job.image_sha256, job.job_id)
 
@@ -84,7 +89,7 @@ def build_runtime(settings: Settings, local: LocalFaceModel | None = None) -> Ru
         detect_service=HttpFaceBackend(settings, detect_url, None) if detect_url else None,
         embed_service=HttpFaceBackend(settings, None, embed_url) if embed_url else None,
         vectors=VectorStore(settings, local.model, local.dim),
-        index=ScoreIndex(client, local.model, local.dim),
+        index=ScoreIndex(client, local.model, local.dim, pending_ttl_s=settings.image_ttl_s + 600),
         users=UserRecords(
             client,
             cooldown_s=settings.cooldown_s,

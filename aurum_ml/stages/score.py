@@ -51,7 +51,7 @@ def score(job: Job, *, state: PipelineState, index: ScoreIndex, settings: Settin
             "low_quality", describe(quality.issues)
         )
     pid = point_id(job.user_id, job.image_sha256, 0, job.model)
-    place = index.place(pid, vector)
+    place = index.enter(pid, vector)  # counted in now; the store stage confirms it
     reference = index.vibe_reference() or VibeReference(unit(vector), np.ones(10))
     elapsed = (time.perf_counter() - started) * 1000
     return job.model_copy(

@@ -28,6 +28,7 @@ def store(
 ) -> Result:
     started = time.perf_counter()
     if users.erased_after(job.user_id, job.epoch):
+        _withdraw(job, index)
         state.release(job.image_sha256, job.job_id)
         raise UserErased(ERASED)
     if job.degraded and job.status != "rejected":
@@ -40,6 +41,7 @@ def store(
             state.release(job.image_sha256, job.job_id)
             raise UserErased(ERASED)
     elif job.status == "rejected" or job.point_id is None:
+        _withdraw(job, index)
         users.rejected(job.user_id, job.image_sha256, job.job_id)
         state.release(job.image_sha256, job.job_id)
     else:
@@ -62,6 +64,12 @@ def store(
 
 
 ERASED = "the user was erased after this job was submitted: nothing is stored"
+
+
+def _withdraw(job: Job, index: ScoreIndex) -> None:
+    """Take the face the score stage counted in back out (nothing if it placed none)."""
+    if job.point_id is not None:
+        index.withdraw(job.point_id)
 
 
 def _store_face(
@@ -93,6 +101,8 @@ def _store_face(
         "image_sha256": job.image_sha256,
         "score": job.score,
         "percentile": job.percentile,
+        "rank": job.rank,
+        "total_faces": job.total_faces,
         "typicality": job.typicality,
         "confidence": job.confidence,
         "vibes": job.vibes,
@@ -106,7 +116,7 @@ def _store_face(
     vectors.upsert(job.point_id, vector, payload)
     index.add(job.point_id, vector, job.typicality or 0.0)
     if users.erased_after(job.user_id, job.epoch):  # erased while we wrote: take it out
-        index.remove([(job.point_id, vector)])
+        index.remove([(job.point_id, vector)])  # its pending entry too
         vectors.delete([job.point_id])
         raise UserErased(ERASED)
     return job.model_copy(update={"status": "scored", "matches": matches})

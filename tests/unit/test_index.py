@@ -24,12 +24,12 @@ def _vectors(n: int, seed: int = 7) -> np.ndarray:
 
 def _fill(index: ScoreIndex, vectors: np.ndarray) -> None:
     for i, v in enumerate(vectors):  # arrival order: the centroid drifts as they come
-        index.add(str(i), v, index.place(str(i), v).typicality)
+        index.add(str(i), v, index.enter(str(i), v).typicality)
 
 
 def test_first_face_is_the_whole_population(index):
     (v,) = _vectors(1)
-    place = index.place("a", v)
+    place = index.enter("a", v)
     assert (place.percentile, place.rank, place.total) == (1.0, 1, 1)
     assert place.typicality == pytest.approx(1.0)
 
@@ -46,7 +46,7 @@ def test_add_is_idempotent(index):
 def test_placing_a_stored_face_does_not_count_it_twice(index):
     vectors = _vectors(5)
     _fill(index, vectors)
-    again = index.place("2", vectors[2])
+    again = index.enter("2", vectors[2])
     assert again.total == 5
 
 
@@ -97,3 +97,44 @@ def test_replace_swaps_in_a_recomputed_index(index):
         assert standing.typicality == pytest.approx(typicalities[i], abs=1e-12)
         assert standing.percentile == pytest.approx(expected[i])
         assert standing.rank == 1 + int((typicalities > typicalities[i]).sum())
+
+
+def test_concurrent_placements_count_each_other(index):
+    """Faces entering at the same moment (threads, one connection pool) get totals 1..N,
+    and each rank is the one its typicality earns among the faces entered before it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    vectors = _vectors(24, seed=3)
+    with ThreadPoolExecutor(8) as pool:
+        placed = list(pool.map(lambda i: index.enter(str(i), vectors[i]), range(24)))
+    assert sorted(p.total for p in placed) == list(range(1, 25))
+    by_total = sorted(placed, key=lambda p: p.total)
+    for k, p in enumerate(by_total):
+        earlier = [q.typicality for q in by_total[:k]]
+        assert p.rank == 1 + sum(t > p.typicality for t in earlier)
+    total, n = index._read_sum()
+    assert n == 24 and np.allclose(total, sum(unit(v) for v in vectors))
+
+
+def test_a_placement_not_confirmed_can_be_withdrawn(index):
+    vectors = _vectors(3)
+    index.enter("a", vectors[0])
+    index.add("a", vectors[0], 1.0)  # stored: confirmed
+    index.enter("b", vectors[1])  # scored, its job then fails
+    assert index.count() == 2
+    assert index.withdraw("b") is True
+    assert index.withdraw("b") is False  # twice is harmless
+    assert index.withdraw("a") is False  # a confirmed face stays
+    total, n = index._read_sum()
+    assert n == 1 and np.allclose(total, unit(vectors[0]))
+    assert index.members() == {"a"}
+    assert index.pending_units(["a", "b"]) == {}
+
+
+def test_a_redelivered_score_is_not_counted_twice(index):
+    vectors = _vectors(2)
+    first = index.enter("a", vectors[0])
+    again = index.enter("a", vectors[0])
+    assert (first.total, again.total) == (1, 1)
+    assert index.add("a", vectors[0], first.typicality) is False  # already counted in
+    assert index.count() == 1
