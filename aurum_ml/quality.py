@@ -4,8 +4,22 @@ Like AWS Rekognition's quality filter: every measurement has a configurable thre
 a face failing any of them is rejected as ``low_quality`` with ``quality.issues`` listing
 the codes. ``QUALITY_GATE=false`` keeps measuring and listing but rejects nothing.
 
-Measured on our photos (see tests): sharp frontal photos 240–620 sharpness and 110–150
-brightness; a σ=8 blur drops sharpness to ~3, a ×0.15 darkening brightness to ~22.
+Sharpness and exposure are measured so that neither depends on the face's size nor on the
+photo's exposure (the thresholds come from a calibration set of the test photos' faces at
+64–300 px, sharp, blurred, darkened and brightened: docs/quality-calibration.md, rebuilt by
+tests/unit/test_quality_calibration.py):
+
+- *sharpness* = 100 × mean |Laplacian| / mean |Sobel gradient| of the face crop at its own
+  scale, shrunk to at most ``SHARPNESS_MAX_SIDE`` (192 px) and **never enlarged** (enlarging
+  a small face smooths it: 70–90 px faces read as blurred). The cap makes the measure
+  about what a viewer sees: an upscaled photo's face is not called blurred for lacking
+  detail it never had, while a σ = 3 px blur of a face up to 300 px still fails. A ratio of
+  two derivatives, so contrast and exposure cancel out: a darkened photo is dark, not
+  blurred. Sharp faces ~16–25; blurred (σ = 1.5 or 3 px) ≤ 9.2.
+- *highlights* = the 95th percentile of the crop's luma: a well-exposed face of any skin
+  tone has some bright pixels (forehead, nose, eyes), an under-exposed photo has none.
+  LOW_BRIGHTNESS is ``highlights < QUALITY_MIN_HIGHLIGHTS`` or a mean luma under the floor
+  ``QUALITY_MIN_BRIGHTNESS``.
 """
 
 from __future__ import annotations
@@ -44,15 +58,32 @@ MESSAGES = {
     "EXTREME_POSE": "the head is turned or tilted too far",
     "LOW_DETECTION_SCORE": "the face is hard to make out",
 }
-CROP_SIDE = 128  # px: the face crop is resized to this so sharpness compares across sizes
 SATURATED = 250  # luma at or above which a pixel counts as over-exposed
+SHARPNESS_MAX_SIDE = 192  # px: larger face crops are shrunk to this for sharpness
+HIGHLIGHTS_PERCENTILE = 95
+
+
+def sharpness_of(gray: np.ndarray) -> float:
+    """100 × mean |Laplacian| / mean |gradient| of a grey face crop at its own scale: the
+    share of fine detail in its edges; 0 for a flat crop."""
+    g = gray.astype(np.float32)
+    gradient = cv2.magnitude(cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1))
+    edges = float(gradient.mean())
+    if edges < 1e-3:
+        return 0.0
+    return 100 * float(np.abs(cv2.Laplacian(g, cv2.CV_32F)).mean()) / edges
 
 
 def measure_quality(image: np.ndarray, face: Face) -> Quality:
     """Measurements of the face in an RGB image: size, sharpness, exposure, pose proxies."""
     x1, y1, x2, y2 = face.box
     crop = cv2.cvtColor(image[y1:y2, x1:x2], cv2.COLOR_RGB2GRAY)
-    crop = cv2.resize(crop, (CROP_SIDE, CROP_SIDE), interpolation=cv2.INTER_AREA)
+    shrink = SHARPNESS_MAX_SIDE / max(crop.shape)
+    detail = (
+        crop
+        if shrink >= 1  # never enlarged
+        else cv2.resize(crop, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
+    )
     points = np.asarray(face.landmarks, dtype=np.float64)
     # dlib's 5 points: 0–1 one eye's corners, 2–3 the other's, 4 the base of the nose.
     left, right = sorted([points[0:2].mean(axis=0), points[2:4].mean(axis=0)], key=lambda p: p[0])
@@ -64,8 +95,9 @@ def measure_quality(image: np.ndarray, face: Face) -> Quality:
     return Quality(
         face_width_px=x2 - x1,
         face_height_px=y2 - y1,
-        sharpness=round(float(cv2.Laplacian(crop, cv2.CV_64F).var()), 1),
+        sharpness=round(sharpness_of(detail), 1),
         brightness=round(float(crop.mean()), 1),
+        highlights=round(float(np.percentile(crop, HIGHLIGHTS_PERCENTILE)), 1),
         overexposed=round(float((crop >= SATURATED).mean()), 3),
         roll_deg=round(roll, 1),
         nose_offset=round(nose_offset, 3),
@@ -80,7 +112,10 @@ def gate(quality: Quality, detection_score: float, settings: Settings) -> list[s
         issues.append("SMALL_FACE")
     if quality.sharpness < settings.quality_min_sharpness:
         issues.append("LOW_SHARPNESS")
-    if quality.brightness < settings.quality_min_brightness:
+    if (
+        quality.brightness < settings.quality_min_brightness
+        or quality.highlights < settings.quality_min_highlights
+    ):
         issues.append("LOW_BRIGHTNESS")
     if (
         quality.brightness > settings.quality_max_brightness
@@ -109,7 +144,7 @@ def _clamp(value: float) -> float:
 def weighted_quality(quality: Quality, detection_score: float) -> float:
     """0–1: size 25 %, sharpness 25 %, exposure 20 %, pose 20 %, detection 10 %."""
     size = _clamp(min(quality.face_width_px, quality.face_height_px) / 160)
-    sharpness = _clamp(quality.sharpness / 200)
+    sharpness = _clamp(quality.sharpness / 20)
     exposure = _clamp(1 - abs(quality.brightness - 128) / 128) * (1 - quality.overexposed)
     pose = _clamp(1 - max(abs(quality.roll_deg) / 45, abs(quality.nose_offset) / 0.6))
     detection = _clamp(detection_score / 1.5)

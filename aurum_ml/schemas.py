@@ -95,8 +95,16 @@ class Quality(BaseModel):
 
     face_width_px: int = Field(..., description="box width, px")
     face_height_px: int = Field(..., description="box height, px")
-    sharpness: float = Field(..., description="variance of the Laplacian of the face crop")
+    sharpness: float = Field(
+        ...,
+        description="100 × mean |Laplacian| / mean |gradient| of the face crop at its own "
+        "scale (≤ 192 px, never enlarged): independent of size and exposure (sharp ~16–25, "
+        "blurred < 10)",
+    )
     brightness: float = Field(..., description="mean luma of the face crop, 0–255")
+    highlights: float = Field(
+        255.0, description="95th percentile of the face crop's luma, 0–255 (exposure)"
+    )
     overexposed: float = Field(0.0, description="share of the crop's pixels at luma ≥ 250")
     roll_deg: float = Field(..., description="eye-line angle from horizontal, degrees")
     nose_offset: float = Field(
@@ -171,6 +179,9 @@ class Result(BaseModel):
     )
     next_allowed_at: str | None = Field(
         None, description="with reason cooldown: ISO time from which a new photo is scored"
+    )
+    pending_job_id: str | None = Field(
+        None, description="with reason in_progress: the job of the photo still being scored"
     )
     degraded: bool = Field(
         False,

@@ -61,8 +61,11 @@ class Settings(BaseSettings):
     # --- quality gate (a face failing any threshold is rejected as low_quality) -----------
     quality_gate: bool = Field(True, validation_alias="QUALITY_GATE")
     quality_min_face_px: int = Field(64, ge=1, validation_alias="QUALITY_MIN_FACE_PX")
-    quality_min_sharpness: float = Field(40.0, ge=0, validation_alias="QUALITY_MIN_SHARPNESS")
-    quality_min_brightness: float = Field(40.0, ge=0, validation_alias="QUALITY_MIN_BRIGHTNESS")
+    quality_min_sharpness: float = Field(12.0, ge=0, validation_alias="QUALITY_MIN_SHARPNESS")
+    quality_min_brightness: float = Field(25.0, ge=0, validation_alias="QUALITY_MIN_BRIGHTNESS")
+    quality_min_highlights: float = Field(
+        90.0, ge=0, le=255, validation_alias="QUALITY_MIN_HIGHLIGHTS"
+    )
     quality_max_brightness: float = Field(225.0, le=255, validation_alias="QUALITY_MAX_BRIGHTNESS")
     quality_max_overexposed: float = Field(
         0.3, ge=0, le=1, validation_alias="QUALITY_MAX_OVEREXPOSED"
