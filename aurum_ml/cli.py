@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import click
 
 from aurum_ml.errors import BadInput, ConfigError
-from aurum_ml.schemas import Result
+from aurum_ml.schemas import Result, check_user_id
 from aurum_ml.settings import Settings, get_settings
 
 
@@ -79,7 +80,14 @@ def score_command(
     as_json: bool,
     timeout: float,
 ) -> None:
-    """Score the face in each IMAGE; results come in input order."""
+    """Score the face in each IMAGE; results come in input order. Several images of one
+    user are sent one after another, in input order (one new photo per cooldown period:
+    the first is the one that may be scored)."""
+    if user_id is not None:
+        try:
+            check_user_id(user_id)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--user-id") from None
     try:
         settings = get_settings()
     except ValueError as exc:
@@ -93,28 +101,26 @@ def score_command(
         session = (
             start_embedded(app, get_runtime()) if settings.embedded else contextlib.nullcontext()
         )
+        owners = [path.stem if user_id is None else user_id for path in images]
+
+        def submit(i: int) -> Any:
+            try:
+                return score_face.delay(
+                    _read(images[i], settings),
+                    user_id=owners[i],
+                    allow_multiple_faces=allow_multiple_faces or None,
+                )
+            except BadInput as exc:  # unreadable, or refused before it was sent
+                return Result(
+                    job_id=None,
+                    status="rejected",
+                    reason=exc.reason,
+                    message=exc.message,
+                    user_id=owners[i],
+                ).model_dump(mode="json")
+
         with session:
-            pending: list[Any] = []
-            for path in images:
-                try:
-                    pending.append(
-                        score_face.delay(
-                            _read(path, settings),
-                            user_id=user_id or path.stem,
-                            allow_multiple_faces=allow_multiple_faces or None,
-                        )
-                    )
-                except BadInput as exc:  # unreadable, or refused before it was sent
-                    pending.append(
-                        Result(
-                            job_id=None,
-                            status="rejected",
-                            reason=exc.reason,
-                            message=exc.message,
-                            user_id=user_id or path.stem,
-                        ).model_dump(mode="json")
-                    )
-            results = _collect(pending, images, timeout, progress=not as_json and len(images) > 1)
+            results = _collect(owners, submit, timeout, progress=not as_json and len(images) > 1)
     except ConfigError as exc:
         click.echo(f"configuration: {exc}", err=True)
         sys.exit(2)
@@ -403,12 +409,12 @@ def metrics_command(port: int | None, host: str) -> None:
     """Prometheus metrics Flower lacks: fallback flag, probes, queue depth, degraded jobs."""
     from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 
+    from aurum_ml.celery_app import config
     from aurum_ml.metrics import PipelineCollector
     from aurum_ml.runtime import get_runtime
-    from celeryconfig import QUEUES
 
     registry = CollectorRegistry()
-    registry.register(PipelineCollector(get_runtime(), QUEUES))
+    registry.register(PipelineCollector(get_runtime(), config.QUEUES))
     if port is None:
         click.echo(generate_latest(registry).decode(), nl=False)
         return
@@ -443,16 +449,27 @@ def serve_command(service: str, host: str, port: int | None, workers: int, log_l
 
 
 def _collect(
-    pending: list[Any], images: tuple[Path, ...], timeout: float, progress: bool
+    owners: list[str], submit: Callable[[int], Any], timeout: float, progress: bool
 ) -> list[dict[str, Any]]:
+    """Submit every user's first image at once, each next image of a user once the one
+    before it has its result; the results in input order."""
+    sent: dict[int, Any] = {}
+    later: dict[str, deque[int]] = {}
+    for i, owner in enumerate(owners):
+        if owner in later:
+            later[owner].append(i)
+        else:
+            later[owner] = deque()
+            sent[i] = submit(i)
     results: list[dict[str, Any]] = []
     bar = (
-        click.progressbar(length=len(pending), label="scoring", file=sys.stderr)
+        click.progressbar(length=len(owners), label="scoring", file=sys.stderr)
         if progress
         else contextlib.nullcontext()
     )
     with bar as ticks:
-        for item in pending:
+        for i, owner in enumerate(owners):
+            item = sent.pop(i)
             if isinstance(item, dict):
                 results.append(item)
             else:
@@ -460,6 +477,9 @@ def _collect(
                     results.append(item.get(timeout=timeout))
                 except Exception as exc:  # AurumError after retries, a time-out, a crash
                     results.append(_failure(exc))
+            if later[owner]:
+                following = later[owner].popleft()
+                sent[following] = submit(following)
             if ticks is not None:
                 ticks.update(1)
     return results

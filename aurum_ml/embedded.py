@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
+import numpy as np
 from celery import Celery
 from celery.result import _set_task_join_will_block
 from celery.worker import WorkController
 
+from aurum_ml.queries import stored_result
 from aurum_ml.rerank import rerank
 from aurum_ml.runtime import Runtime
+from aurum_ml.schemas import Result
 
 __all__ = ["run_worker", "start_embedded"]
 
@@ -66,29 +71,50 @@ def run_worker(
 
 def restore(runtime: Runtime) -> None:
     """Rebuild the in-process state from the Qdrant folder: the score index (a re-rank that
-    leaves the stored payloads alone: start-up should not rewrite the collection) and the
-    users' cooldowns."""
+    leaves the stored payloads alone: start-up should not rewrite the collection), the
+    users' cooldowns and their latest results — so the same photo gets its stored result
+    here as on a cluster, not a second run under a new job id."""
     rerank(runtime, update_payloads=False)
-    latest: dict[str, dict] = {}
-    for _, _, payload in runtime.vectors.points(with_payload=True):
+    latest: dict[str, tuple[str, np.ndarray, dict[str, Any]]] = {}
+    for pid, vector, payload in runtime.vectors.points(with_payload=True):
         user = payload.get("user_id")
-        if user and payload.get("stored_at", 0) >= latest.get(user, {}).get("stored_at", 0):
-            latest[user] = payload
-    for user, payload in latest.items():
+        if user and payload.get("stored_at", 0) >= latest.get(user, ("", None, {}))[2].get(
+            "stored_at", 0
+        ):
+            latest[user] = (pid, vector, payload)
+    horizon = time.time() - runtime.users.result_ttl
+    for user, (pid, vector, payload) in latest.items():
+        if payload.get("stored_at", 0) < horizon:
+            continue  # a cluster would no longer hold its result either
+        hits = runtime.vectors.nearest_others(
+            vector,
+            user,
+            limit=runtime.settings.match_limit,
+            max_distance=runtime.settings.same_person_distance,
+        )
+        matches = [
+            {"user_id": str(p.get("user_id")), "point_id": hit, "distance": round(d, 4)}
+            for hit, d, p in hits
+        ]
+        result = Result.model_validate(stored_result(runtime, pid, payload, matches))
         runtime.users.restore(
-            user, payload["image_sha256"], payload["job_id"], payload["stored_at"]
+            user,
+            payload["image_sha256"],
+            payload["job_id"],
+            payload["stored_at"],
+            result.model_dump(mode="json"),
         )
 
 
 @contextlib.contextmanager
 def start_embedded(app: Celery, runtime: Runtime) -> Iterator[Runtime]:
     """The whole pipeline in this process, on ``runtime`` (embedded settings)."""
-    from celeryconfig import QUEUES
+    from aurum_ml.celery_app import config
 
     if not runtime.settings.embedded:
         raise RuntimeError("start_embedded needs the embedded default (no AURUM_BROKER_URL)")
     restore(runtime)
-    with run_worker(app, QUEUES):
+    with run_worker(app, config.QUEUES):
         try:
             yield runtime
         finally:

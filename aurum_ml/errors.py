@@ -48,6 +48,7 @@ Reason = Literal[
     "face_too_small",
     "low_quality",
     "cooldown",
+    "in_progress",
     "invalid_request",
 ]
 

@@ -11,7 +11,7 @@ from typing import Any
 from aurum_ml.index import score_of
 from aurum_ml.runtime import Runtime
 
-__all__ = ["get_score", "leaderboard", "similar", "stats"]
+__all__ = ["get_score", "leaderboard", "similar", "stats", "stored_result"]
 
 
 def _standing(runtime: Runtime, point_id: str | None) -> dict[str, Any]:
@@ -26,6 +26,39 @@ def _standing(runtime: Runtime, point_id: str | None) -> dict[str, Any]:
     }
 
 
+def stored_result(
+    runtime: Runtime, point_id: str, payload: dict[str, Any], matches: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A scored result rebuilt from a stored point: its payload (score, percentile, rank
+    and total as stored or as of the last re-rank: one snapshot) and ``matches`` (for a
+    user whose cached result is gone, e.g. after the embedded default's restart)."""
+    summary = runtime.index.stats()
+    standing = _standing(runtime, point_id)
+    if payload.get("rank") is not None:  # stored before rank was kept: as it stands now
+        standing = {"rank": payload["rank"], "total_faces": payload.get("total_faces")}
+    return {
+        "job_id": payload.get("job_id"),
+        "status": "scored",
+        "reason": None,
+        "message": None,
+        "user_id": payload.get("user_id"),
+        "face": payload.get("face"),
+        "quality": payload.get("quality"),
+        "score": payload.get("score"),
+        "percentile": payload.get("percentile"),
+        "point_id": point_id,
+        "model": payload.get("model"),
+        "source": payload.get("source"),
+        "confidence": payload.get("confidence"),
+        "vibes": payload.get("vibes", []),
+        "matches": matches,
+        "distribution": summary["distribution"] if summary else None,
+        "scored_at": payload.get("created_at"),
+        "rank": standing.get("rank"),
+        "total_faces": standing.get("total_faces"),
+    }
+
+
 def get_score(runtime: Runtime, user_id: str) -> dict[str, Any] | None:
     """The user's latest scored result, with score/rank/total as they stand now; None if
     the user has no stored face."""
@@ -35,22 +68,7 @@ def get_score(runtime: Runtime, user_id: str) -> dict[str, Any] | None:
         if not points:
             return None
         point_id, _, payload = points[0]
-        cached = {
-            "job_id": payload.get("job_id"),
-            "status": "scored",
-            "reason": None,
-            "message": None,
-            "user_id": user_id,
-            "face": payload.get("face"),
-            "quality": payload.get("quality"),
-            "point_id": point_id,
-            "model": payload.get("model"),
-            "source": payload.get("source"),
-            "confidence": payload.get("confidence"),
-            "vibes": payload.get("vibes", []),
-            "matches": [],
-            "scored_at": payload.get("created_at"),
-        }
+        cached = stored_result(runtime, point_id, payload, [])
     summary = runtime.index.stats()
     distribution = summary["distribution"] if summary else None
     return cached | _standing(runtime, cached.get("point_id")) | {"distribution": distribution}

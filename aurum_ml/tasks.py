@@ -221,6 +221,15 @@ def score_face(
         return _rejection(
             job_id, user_id, BadInput(message, "cooldown"), next_allowed_at=admission.until_iso
         )
+    if admission.verdict == "in_progress":
+        message = (
+            f"another photo of this user is still being scored (job {admission.job_id}); "
+            "if it is rejected or fails this one may be sent again, if it is scored the "
+            f"cooldown of {runtime.settings.cooldown_days:g} days starts"
+        )
+        return _rejection(
+            job_id, user_id, BadInput(message, "in_progress"), pending_job_id=admission.job_id
+        )
     runtime.state.put_image(sha256, data, job_id)
     job = Job(
         job_id=job_id,

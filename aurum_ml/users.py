@@ -45,9 +45,10 @@ __all__ = ["Admission", "UserRecords"]
 class Admission:
     """What intake may do with a new photo of a user."""
 
-    verdict: Literal["score", "stored", "cooldown"]
+    verdict: Literal["score", "stored", "cooldown", "in_progress"]
     result: dict[str, Any] | None = None  # with "stored": the result to return as is
     until: float | None = None  # with "cooldown": unix time a new photo is allowed
+    job_id: str | None = None  # with "in_progress": the job of the photo being scored
 
     @property
     def until_iso(self) -> str | None:
@@ -136,7 +137,6 @@ class UserRecords:
             if self.redis.set(key, json.dumps(pending), nx=True, ex=self.pending_ttl_s):
                 return Admission("score")
             raw = self.redis.get(key)
-            ttl = int(self.redis.ttl(key))
         if raw is None:  # expired between the two calls
             return self._reserve(user_id, sha256, job_id)
         held = json.loads(raw)
@@ -145,8 +145,9 @@ class UserRecords:
             if cached is not None and cached.get("status") == "scored":
                 return Admission("stored", result=cached)
             return Admission("score")  # the same photo again: idempotent, same point
-        until = held["until"] if held["state"] == "scored" else now + max(0, ttl)
-        return Admission("cooldown", until=until)
+        if held["state"] != "scored":  # no date is true yet: it depends on that job
+            return Admission("in_progress", job_id=held["job_id"])
+        return Admission("cooldown", until=held["until"])
 
     # --- after the store stage ----------------------------------------------------------------
     def scored(
@@ -208,14 +209,26 @@ class UserRecords:
         with redis_errors():
             self.redis.transaction(release, key)
 
-    def restore(self, user_id: str, sha256: str, job_id: str, stored_at: float) -> None:
-        """Re-create a scored cooldown from a stored point (the embedded default's start)."""
-        remaining = stored_at + self.cooldown_s - time.time()
-        if self.cooldown_s <= 0 or remaining <= 0:
-            return
-        until = stored_at + self.cooldown_s
-        record = {"sha256": sha256, "job_id": job_id, "state": "scored", "until": until}
+    def restore(
+        self,
+        user_id: str,
+        sha256: str,
+        job_id: str,
+        stored_at: float,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        """Re-create a scored cooldown and the cached result from a stored point (the
+        embedded default's start), for as long as a cluster would still hold them."""
         with redis_errors():
+            kept = stored_at + self.result_ttl - time.time()
+            if result is not None and kept > 0:
+                self.redis.set(self._key(user_id, "result"), json.dumps(result), ex=int(kept) + 1)
+                self._note_matches(self.redis, user_id, job_id, result.get("matches") or [])
+            remaining = stored_at + self.cooldown_s - time.time()
+            if self.cooldown_s <= 0 or remaining <= 0:
+                return
+            until = stored_at + self.cooldown_s
+            record = {"sha256": sha256, "job_id": job_id, "state": "scored", "until": until}
             self.redis.set(
                 self._key(user_id, "cooldown"), json.dumps(record), ex=max(1, int(remaining))
             )

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,10 @@ def data_dir(tmp_path):
     shutil.rmtree(tmp_path / "data", ignore_errors=True)
 
 
-def _run(args: list[str], data_dir: Path) -> subprocess.CompletedProcess:
+def _run(args: list[str], data_dir: Path, **extra: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_OURS)}
     env["AURUM_DATA_DIR"] = str(data_dir)
+    env.update(extra)
     return subprocess.run(CLI + args, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -49,8 +51,8 @@ def test_embedded_default_end_to_end(photos, data_dir, tmp_path):
     assert [r["status"] for r in results] == ["scored", "rejected", "rejected", "scored"]
     assert [r["reason"] for r in results] == [None, "no_face", "invalid_image", None]
     assert results[0]["user_id"] == "obama" and results[3]["user_id"] == "biden"
-    # scored concurrently (two worker threads): each sees the other stored or not yet
-    assert {results[0]["total_faces"], results[3]["total_faces"]} <= {1, 2}
+    # scored concurrently (two worker threads), yet they count each other: 1 and 2
+    assert sorted([results[0]["total_faces"], results[3]["total_faces"]]) == [1, 2]
     assert "missing.jpg" in results[2]["message"]
     assert (data_dir / "qdrant").is_dir()
 
@@ -113,3 +115,39 @@ def test_queries_and_forget_on_the_embedded_default(photos, data_dir):
     gone = _run(["get-score", "obama"], data_dir)
     assert gone.returncode == 3 and "no stored face" in gone.stderr
     assert query("stats", "--json")["models"]["dlib-resnet-v1"]["count"] == 2
+
+
+def test_several_photos_of_one_user_are_admitted_in_input_order(photos, data_dir, tmp_path):
+    """With a cooldown, the first photo in input order is the one that may be scored; one
+    rejected for its content leaves the period to the next; the others get the true date."""
+    blank = tmp_path / "no_face.jpg"
+    blank.write_bytes(no_face(photos))
+    names = [str(blank), str(photos / "obama.jpg"), str(photos / "obama2.jpg")]
+    out = _run(["score", "--json", "--user-id", "u-order", *names], data_dir, COOLDOWN_DAYS="30")
+    assert out.returncode == 0, out.stderr
+    results = json.loads(out.stdout)
+    assert [r["status"] for r in results] == ["rejected", "scored", "rejected"]
+    assert [r["reason"] for r in results] == ["no_face", None, "cooldown"]
+    allowed = datetime.fromisoformat(results[2]["next_allowed_at"])
+    assert timedelta(days=29.9) < allowed - datetime.now(UTC) < timedelta(days=30.1)
+
+
+def test_an_empty_user_id_is_a_usage_error(photos, data_dir):
+    out = _run(["score", "--user-id", "", str(photos / "obama.jpg")], data_dir)
+    assert out.returncode == 2
+    assert "--user-id" in out.stderr and "must not be empty" in out.stderr
+    assert not (data_dir / "qdrant").exists()  # nothing was started
+
+
+def test_the_same_photo_gets_its_stored_result_after_a_restart(photos, data_dir):
+    """As on a cluster: the same photo of the same user is answered from the stored result
+    (same job id), not scored again under a new one — across runs of the embedded default."""
+    args = ["score", "--json", "--user-id", "u-same"]
+    first = _run([*args, str(photos / "obama.jpg")], data_dir, COOLDOWN_DAYS="30")
+    other = _run(["score", "--json", str(photos / "obama3.jpg")], data_dir, COOLDOWN_DAYS="30")
+    again = _run([*args, str(photos / "obama.jpg")], data_dir, COOLDOWN_DAYS="30")
+    assert first.returncode == other.returncode == again.returncode == 0, again.stderr
+    (before,), (after,) = json.loads(first.stdout), json.loads(again.stdout)
+    assert after["status"] == "scored" and after["job_id"] == before["job_id"]
+    assert after["point_id"] == before["point_id"] and after["score"] == before["score"]
+    assert [m["user_id"] for m in after["matches"]] == ["obama3"]  # matches as they stand
