@@ -11,8 +11,12 @@ Runbook (one worker per queue, each scalable on its own machines)::
     celery -A aurum_ml worker -Q store       --concurrency 2 -n store@%h
     celery -A aurum_ml worker -Q maintenance --concurrency 1 -n maintenance@%h
 
-With a local Qdrant folder (no QDRANT_URL) only one process may open it: run the store
-queue with ``--concurrency 1 --pool threads``, or better, a Qdrant server.
+With a local Qdrant folder (no QDRANT_URL) only one process may open it. The rule: the
+store worker owns the folder — it runs as one process (``--pool threads``), and every task
+that reads or writes vectors is routed to the store queue (VECTOR_TASKS below). A worker
+that consumes the store queue and cannot own the folder refuses to start
+(aurum_ml.vectors.claim_local_folder). With a Qdrant server those tasks stay on the
+maintenance queue.
 """
 
 from typing import Any
@@ -20,6 +24,11 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from aurum_ml.settings import get_settings
+
+# aurum_ml.celery_app loads this file by its path, never as "whatever celeryconfig comes
+# first on sys.path" (an app's own celeryconfig.py would replace our routes and JSON-only
+# rule), and refuses a config without this marker.
+AURUM_ML_CONFIG = "aurum_ml"
 
 _settings = get_settings()
 
@@ -70,7 +79,20 @@ task_default_exchange = "aurum"
 task_default_routing_key = MAINTENANCE_QUEUE
 # A route to an undeclared queue is an error, not a queue nobody consumes.
 task_create_missing_queues = False
+# The tasks that open the vector store besides the store stage. With a local Qdrant folder
+# only the store worker may open it, so they go to its queue.
+VECTOR_TASKS = (
+    "aurum_ml.rerank",
+    "aurum_ml.rescore_degraded",
+    "aurum_ml.get_score",
+    "aurum_ml.similar",
+    "aurum_ml.leaderboard",
+    "aurum_ml.forget_user",
+)
+LOCAL_FOLDER = not _settings.qdrant_url and not _settings.embedded
+VECTOR_QUEUE = "store" if LOCAL_FOLDER else MAINTENANCE_QUEUE
 task_routes = {
+    **{name: {"queue": VECTOR_QUEUE, "routing_key": VECTOR_QUEUE} for name in VECTOR_TASKS},
     "aurum_ml.score_face": {"queue": "detect", "routing_key": "detect"},
     "aurum_ml.detect": {"queue": "detect", "routing_key": "detect"},
     "aurum_ml.embed": {"queue": "embed", "routing_key": "embed"},

@@ -1,11 +1,81 @@
-"""The Celery app. Its settings all live in ``celeryconfig.py``; its tasks in ``tasks.py``."""
+"""The Celery app. Its settings all live in ``celeryconfig.py``; its tasks in ``tasks.py``.
+
+``celeryconfig.py`` is ours and is loaded by its path (it is installed next to this
+package), under the module name ``aurum_ml._celeryconfig``: an application with its own
+``celeryconfig.py`` on ``sys.path`` — Celery's usual convention — can neither replace our
+routes, queues and JSON-only rule nor be replaced by ours.
+"""
 
 from __future__ import annotations
 
-from celery import Celery
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from celery import Celery, signals
 
 from aurum_ml import logs
+from aurum_ml.errors import ConfigError
+
+__all__ = ["app", "config"]
+
+CONFIG_MODULE = "aurum_ml._celeryconfig"
+_MARKER = "aurum_ml"
+
+
+def _load_config() -> ModuleType:
+    """Our celeryconfig.py, from beside the package (a source checkout, an editable or a
+    regular install); the top-level module only if that file is missing — and then only
+    if it carries our marker."""
+    loaded = sys.modules.get(CONFIG_MODULE)
+    if loaded is not None:
+        return loaded
+    path = Path(__file__).resolve().parent.parent / "celeryconfig.py"
+    if path.is_file():
+        spec = importlib.util.spec_from_file_location(CONFIG_MODULE, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[CONFIG_MODULE] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[CONFIG_MODULE]
+            raise
+    else:
+        module = importlib.import_module("celeryconfig")
+    if getattr(module, "AURUM_ML_CONFIG", None) != _MARKER:
+        raise ConfigError(
+            f"{getattr(module, '__file__', module)} is not aurum_ml's celeryconfig (no "
+            "AURUM_ML_CONFIG marker): reinstall aurum-ml, whose celeryconfig.py is installed "
+            "next to the aurum_ml package"
+        )
+    return module
+
 
 logs.install()  # what a log line may contain: see aurum_ml.logs
+config = _load_config()
 app = Celery("aurum_ml", include=["aurum_ml.tasks"])
-app.config_from_object("celeryconfig")
+app.config_from_object(config)
+
+
+@signals.worker_init.connect(weak=False)
+def _claim_local_folder(sender: Any = None, **_: Any) -> None:
+    """A worker that would open a local Qdrant folder it cannot own refuses to start, with
+    the rule (aurum_ml.vectors.folder_rule), instead of failing every task it runs."""
+    from aurum_ml.runtime import get_runtime
+    from aurum_ml.settings import get_settings
+    from aurum_ml.vectors import claim_local_folder
+
+    settings = get_settings()
+    if settings.qdrant_url or settings.embedded:
+        return
+    queues = set(sender.app.amqp.queues.consume_from)
+    try:
+        claim_local_folder(queues, sender.pool_cls, settings, lambda: get_runtime().vectors)
+    except ConfigError as exc:
+        sys.stderr.write(f"aurum_ml: refusing to start: {exc}\n")
+        sys.stderr.flush()
+        raise SystemExit(2) from None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ import numpy as np
 from aurum_ml.errors import ConfigError, StoreUnavailable
 from aurum_ml.settings import Settings
 
-__all__ = ["VectorStore", "collection_name", "point_id"]
+__all__ = ["VectorStore", "claim_local_folder", "collection_name", "folder_rule", "point_id"]
 
 # Local mode allows one client per folder and process: every VectorStore on a folder shares it.
 _local_clients: dict[str, Any] = {}
@@ -41,6 +41,35 @@ def point_id(user_id: str, image_sha256: str, face_index: int, model: str) -> st
 
 def collection_name(model: str, dim: int) -> str:
     return f"faces_{model.replace('-', '_')}_{dim}"
+
+
+def folder_rule(folder: Any, problem: str) -> str:
+    """The one rule of a local Qdrant folder, as every message about it states it."""
+    return (
+        f"the Qdrant folder {folder} {problem}: a local folder can be opened by one process "
+        "only. Without QDRANT_URL, run exactly one store worker, as one process — "
+        "celery -A aurum_ml worker -Q store --pool threads -n store@%h — it owns the folder "
+        "and also runs the tasks that read vectors (re-rank, get-score, similar, leaderboard, "
+        "forget, re-score), which are routed to the store queue. Or set QDRANT_URL to a "
+        "Qdrant server."
+    )
+
+
+def claim_local_folder(
+    queues: set[str], pool: Any, settings: Settings, store: Callable[[], VectorStore]
+) -> None:
+    """At a worker's start: a worker that consumes the store queue on a local folder must
+    be one process, and takes the folder now — ConfigError (the worker refuses to start)
+    rather than a failure per task later. Nothing to do with a Qdrant server, in the
+    embedded default, or for a worker without the store queue."""
+    if settings.qdrant_url or settings.embedded or "store" not in queues:
+        return
+    name = pool if isinstance(pool, str) else f"{getattr(pool, '__module__', '')}.{pool}"
+    if "thread" not in name and "solo" not in name:
+        raise ConfigError(
+            folder_rule(settings.qdrant_folder, "cannot be shared by a prefork pool's processes")
+        )
+    store().count()  # opens the folder (and the collection), or ConfigError if it is held
 
 
 @contextlib.contextmanager
@@ -95,12 +124,7 @@ class VectorStore:
             except RuntimeError as exc:
                 if "already accessed" not in str(exc):
                     raise
-                raise ConfigError(
-                    f"the Qdrant folder {folder} is held by another process: local mode allows "
-                    "one process per folder. Run a single store worker "
-                    "(celery -A aurum_ml worker -Q store --concurrency 1 --pool threads) "
-                    "or set QDRANT_URL to a Qdrant server."
-                ) from None
+                raise ConfigError(folder_rule(folder, "is held by another process")) from None
         with _qdrant_errors():
             if not client.collection_exists(self.collection):
                 client.create_collection(

@@ -304,10 +304,9 @@ def run_corpus(args: argparse.Namespace) -> None:
     import pickle
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from aurum_ml.celery_app import app
+    from aurum_ml.celery_app import app, config
     from aurum_ml.errors import InvalidRequest
     from aurum_ml.tasks import score_face
-    from celeryconfig import QUEUES
 
     from samples import bad_images, bad_texts
 
@@ -326,14 +325,14 @@ def run_corpus(args: argparse.Namespace) -> None:
         except Exception as exc:
             answers[name] = f"UNTYPED {type(exc).__name__}"
     with app.producer_or_acquire() as producer:
-        for queue in QUEUES:
+        for queue in config.QUEUES:
             producer.publish(
                 pickle.dumps((("chaos",), {}, {})),
                 routing_key=queue, exchange="aurum", serializer=None,
                 content_type="application/x-python-serialize", content_encoding="binary",
                 headers={"task": "aurum_ml.stats", "id": f"pickle-{queue}"},
             )  # fmt: skip
-    Path(args.out).write_text(json.dumps({"answers": answers, "pickles": list(QUEUES)}))
+    Path(args.out).write_text(json.dumps({"answers": answers, "pickles": list(config.QUEUES)}))
 
 
 def group_rss_mb(pid: int) -> float:
@@ -676,7 +675,7 @@ def main() -> None:
 
 
 def write_report(path: Path, results: dict[str, Any]) -> None:
-    import celeryconfig
+    from aurum_ml.celery_app import config as celeryconfig
 
     settings = celeryconfig._settings
     lines = [

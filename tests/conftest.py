@@ -78,11 +78,10 @@ def model(runtime):
 @pytest.fixture(scope="module")
 def pipeline_worker(runtime, model) -> Iterator[object]:
     """A real worker thread consuming every queue of the pipeline, on the test Redis."""
-    from aurum_ml.celery_app import app
+    from aurum_ml.celery_app import app, config
     from aurum_ml.embedded import run_worker
-    from celeryconfig import QUEUES
 
-    with run_worker(app, QUEUES, hostname="test-all@localhost") as worker:
+    with run_worker(app, config.QUEUES, hostname="test-all@localhost") as worker:
         yield worker
 
 

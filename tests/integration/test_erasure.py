@@ -58,11 +58,10 @@ def logs() -> Iterator[_Lines]:
 
 @pytest.fixture(scope="module")
 def worker(logs, runtime, model) -> Iterator[object]:
-    from aurum_ml.celery_app import app
+    from aurum_ml.celery_app import app, config
     from aurum_ml.embedded import run_worker
-    from celeryconfig import QUEUES
 
-    with run_worker(app, QUEUES, hostname="test-erasure@localhost") as running:
+    with run_worker(app, config.QUEUES, hostname="test-erasure@localhost") as running:
         yield running
 
 

@@ -50,7 +50,7 @@ def test_rerank_of_2000_generated_faces_matches_brute_force(pipeline_worker, run
     vectors = (shared + rng.normal(scale=0.05, size=(2000, 128))).astype(np.float32)
     for i, vector in enumerate(vectors):  # stored as the pipeline would: drifting centroid
         pid = f"00000000-0000-4000-8000-{i:012d}"
-        place = runtime.index.place(pid, vector)
+        place = runtime.index.enter(pid, vector)
         payload = {"user_id": f"gen-{i}", "stored_at": time.time(), "image_sha256": "g",
                    "job_id": f"gen-{i}"}  # fmt: skip
         runtime.vectors.upsert(pid, vector, payload)
@@ -74,13 +74,19 @@ def test_rerank_of_2000_generated_faces_matches_brute_force(pipeline_worker, run
     assert runtime.index.vibe_reference().frozen
 
 
-def test_the_beat_schedules_the_rerank_on_the_maintenance_queue(settings):
+def test_the_beat_schedules_the_rerank_on_the_queue_of_the_vectors_owner(settings):
     from aurum_ml.celery_app import app
 
     entry = app.conf.beat_schedule["rerank"]
     assert entry["task"] == "aurum_ml.rerank" and entry["schedule"] == settings.rerank_interval_s
-    assert app.amqp.router.route({}, "aurum_ml.rerank")["queue"].name == "maintenance"
-    assert app.amqp.router.route({}, "aurum_ml.forget_user")["queue"].name == "maintenance"
+    from aurum_ml.celery_app import config
+
+    # the tests run on a local Qdrant folder: the tasks that read vectors go to its owner
+    assert config.LOCAL_FOLDER and config.VECTOR_QUEUE == "store"
+    for name in config.VECTOR_TASKS:
+        assert app.amqp.router.route({}, name)["queue"].name == "store"
+    for name in ("aurum_ml.stats", "aurum_ml.compact_persistence", "aurum_ml.probe_health"):
+        assert app.amqp.router.route({}, name)["queue"].name == "maintenance"
 
 
 def test_result_carries_confidence_distribution_vibes(pipeline_worker, photos):

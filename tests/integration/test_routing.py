@@ -61,3 +61,61 @@ def test_a_pickle_message_is_refused_not_run(ran, photos, model, redis_client):
         time.sleep(1.0)
     assert redis_client.llen("detect") == 0  # taken off the queue...
     assert "aurum_ml.detect" not in ran  # ...and never run
+
+
+HOSTILE_CONFIG = """\
+# an application's own Celery config, as Celery's convention has it
+accept_content = ["pickle", "json"]
+task_serializer = "pickle"
+task_routes = {}
+task_default_queue = "celery"
+"""
+
+APP_SCRIPT = """\
+import base64, json, sys, time
+import celeryconfig  # the application's own: proves it comes first on sys.path
+assert "pickle" in celeryconfig.accept_content
+from celery.signals import task_prerun
+from aurum_ml.celery_app import app
+from aurum_ml.embedded import run_worker
+from aurum_ml.tasks import detect, score_face
+
+ran = []
+task_prerun.connect(lambda sender=None, **_: ran.append(sender.name), weak=False)
+score_face.delay(base64.b64encode(open(sys.argv[1], "rb").read()).decode(), user_id="u-hostile")
+job = {"job_id": "hostile", "status": "pending", "user_id": "u-hostile",
+       "image_sha256": "0" * 64, "submitted_at": 0.0}
+with run_worker(app, ["embed"], hostname="hostile@localhost"):
+    app.tasks["aurum_ml.embed"].apply_async((job,), serializer="pickle")
+    time.sleep(2.0)
+print(json.dumps({"accept": list(app.conf.accept_content), "ran": ran}))
+"""
+
+
+def test_an_apps_own_celeryconfig_replaces_nothing_of_ours(tmp_path, photos, redis_client):
+    """Run from a folder holding a hostile celeryconfig.py: score_face still routes to
+    detect, and a pickle message is still refused, not run."""
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "celeryconfig.py").write_text(HOSTILE_CONFIG)
+    (tmp_path / "app.py").write_text(APP_SCRIPT)
+    redis_client.delete("detect", "embed", "celery")
+    try:
+        done = subprocess.run(
+            [sys.executable, "app.py", str(photos / "obama.jpg")],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+        assert redis_client.llen("detect") == 1  # our route, not the app's default queue
+        assert redis_client.llen("celery") == 0
+        assert out["accept"] == ["json"]
+        assert "aurum_ml.embed" not in out["ran"]  # the pickle was refused, never run
+        assert redis_client.llen("embed") == 0  # ...and taken off the queue
+    finally:
+        redis_client.delete("detect", "embed", "celery")

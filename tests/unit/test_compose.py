@@ -24,13 +24,13 @@ def _commands(compose: dict) -> dict[str, list[str]]:
 
 
 def test_every_queue_has_exactly_one_worker_pool(compose):
-    from celeryconfig import QUEUES
+    from aurum_ml.celery_app import config
 
     consumed: list[str] = []
     for command in _commands(compose).values():
         if command[:4] == ["celery", "-A", "aurum_ml", "worker"]:
             consumed += command[command.index("-Q") + 1].split(",")
-    assert sorted(consumed) == sorted(QUEUES)
+    assert sorted(consumed) == sorted(config.QUEUES)
 
 
 def test_one_beat_and_it_keeps_its_schedule(compose):
