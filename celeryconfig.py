@@ -70,7 +70,9 @@ result_accept_content = ["json"]
 # so it shares the detect queue rather than needing one more worker pool.
 STAGE_QUEUES = ("detect", "embed", "score", "store")
 MAINTENANCE_QUEUE = "maintenance"
-QUEUES = (*STAGE_QUEUES, MAINTENANCE_QUEUE)
+# webhooks (aurum_ml.webhooks): network calls to the app, apart from the pipeline's workers
+NOTIFY_QUEUE = "notify"
+QUEUES = (*STAGE_QUEUES, MAINTENANCE_QUEUE, NOTIFY_QUEUE)
 
 _exchange = Exchange("aurum", type="direct")
 task_queues = tuple(Queue(name, _exchange, routing_key=name) for name in QUEUES)
@@ -98,6 +100,7 @@ task_routes = {
     "aurum_ml.embed": {"queue": "embed", "routing_key": "embed"},
     "aurum_ml.score": {"queue": "score", "routing_key": "score"},
     "aurum_ml.store": {"queue": "store", "routing_key": "store"},
+    "aurum_ml.notify": {"queue": NOTIFY_QUEUE, "routing_key": NOTIFY_QUEUE},
     "aurum_ml.*": {"queue": MAINTENANCE_QUEUE, "routing_key": MAINTENANCE_QUEUE},
 }
 
@@ -125,6 +128,10 @@ _LIMITS = {
     "aurum_ml.stats": (30, 40),
     "aurum_ml.forget_user": (50, 60),
     "aurum_ml.sweep_erased": (50, 60),
+    "aurum_ml.notify": (
+        round(_settings.webhook_timeout_s + 10),
+        round(_settings.webhook_timeout_s + 15),
+    ),
     # acked on receipt (see _ACK_EARLY): long, or re-sent by beat anyway
     "aurum_ml.rerank": (1800, 1860),
     "aurum_ml.rescore_degraded": (1800, 1860),

@@ -50,6 +50,7 @@ Reason = Literal[
     "cooldown",
     "in_progress",
     "invalid_request",
+    "callback_not_allowed",
 ]
 
 __all__ = [

@@ -64,6 +64,7 @@ def forget_user(
     )
     all_jobs = sorted({*job_ids, *degraded_jobs})
     results.forget(all_jobs)
+    runtime.hooks.drop(all_jobs)  # a webhook not yet sent reads the (gone) result: none
     named = runtime.users.forget_matches(user_id)
     scrubbed = results.scrub(named, runtime.users.erasure_key(user_id))
     return {

@@ -21,6 +21,7 @@ from aurum_ml.settings import Settings, get_settings
 from aurum_ml.state import DegradedJobs, PipelineState, connect
 from aurum_ml.users import UserRecords
 from aurum_ml.vectors import VectorStore, point_id
+from aurum_ml.webhooks import HookRecords
 
 __all__ = ["Runtime", "build_runtime", "get_runtime", "set_runtime"]
 
@@ -37,6 +38,7 @@ class Runtime:
     index: ScoreIndex
     users: UserRecords
     degraded: DegradedJobs
+    hooks: HookRecords  # webhooks wanted for jobs (aurum_ml.webhooks)
 
     # The stages, wired to this runtime's parts (the tasks and the re-score call these).
     def detect(self, job: Job, backend: FaceBackend) -> Job:
@@ -97,6 +99,7 @@ def build_runtime(settings: Settings, local: LocalFaceModel | None = None) -> Ru
             keep_s=settings.result_expires_s,
         ),
         degraded=DegradedJobs(client, keep_s=max(settings.result_expires_s, 7 * 86400)),
+        hooks=HookRecords(client, keep_s=settings.result_expires_s),
     )
 
 

@@ -115,6 +115,53 @@ class Settings(BaseSettings):
         "local", validation_alias="FALLBACK_BACKEND"
     )
 
+    # --- HTTP API and webhooks (aurum-ml serve api) -----------------------------------------
+    api_keys: str | None = Field(None, validation_alias="AURUM_API_KEYS")
+    api_rate_limit: str = Field("10/minute", validation_alias="AURUM_API_RATE_LIMIT")
+    webhook_url: str | None = Field(None, validation_alias="AURUM_WEBHOOK_URL")
+    webhook_secret: str | None = Field(None, validation_alias="AURUM_WEBHOOK_SECRET")
+    webhook_allowed_hosts: str = Field("", validation_alias="AURUM_WEBHOOK_ALLOWED_HOSTS")
+    webhook_timeout_s: float = Field(5.0, gt=0, le=60, validation_alias="WEBHOOK_TIMEOUT")
+    webhook_retry_for_s: float = Field(3600.0, ge=0, validation_alias="WEBHOOK_RETRY_FOR")
+
+    @field_validator("api_keys", "webhook_url", "webhook_secret", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        names: set[str] = set()
+        secrets: set[str] = set()
+        for entry in value.split(","):
+            name, sep, key = entry.strip().partition(":")
+            if not sep or not name or len(key) < 16:
+                raise ValueError(
+                    "AURUM_API_KEYS is a comma-separated list of name:key, each key at least "
+                    "16 characters (e.g. miniapp:$(openssl rand -hex 24))"
+                )
+            if name in names or key in secrets:
+                raise ValueError("AURUM_API_KEYS names and keys must be unique")
+            names.add(name)
+            secrets.add(key)
+        return value
+
+    @field_validator("api_rate_limit")
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError(
+                "AURUM_API_RATE_LIMIT must read like 10/minute or 100 per hour"
+            ) from None
+        return value
+
     @field_validator("visibility_timeout_s", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -163,6 +210,18 @@ class Settings(BaseSettings):
     @property
     def cooldown_s(self) -> int:
         return round(self.cooldown_days * 86400)
+
+    @property
+    def api_key_table(self) -> dict[str, str]:
+        """Key name → key, from AURUM_API_KEYS."""
+        if not self.api_keys:
+            return {}
+        pairs = (entry.strip().partition(":") for entry in self.api_keys.split(","))
+        return {name: key for name, _, key in pairs}
+
+    @property
+    def webhook_allowed_host_list(self) -> set[str]:
+        return {h.strip().lower() for h in self.webhook_allowed_hosts.split(",") if h.strip()}
 
     @property
     def qdrant_folder(self) -> Path:

@@ -18,11 +18,12 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+import requests
 from celery import Task, chain, states
 from celery.exceptions import Reject
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from aurum_ml import queries
+from aurum_ml import queries, webhooks
 from aurum_ml.backends import FaceBackend
 from aurum_ml.celery_app import app
 from aurum_ml.errors import (
@@ -54,6 +55,7 @@ __all__ = [
     "forget_user",
     "get_score",
     "leaderboard",
+    "notify",
     "probe_health",
     "rerank",
     "rescore_degraded",
@@ -101,16 +103,24 @@ class PipelineTask(Task):
             log.warning("%s: could not publish its retry (%s): requeued", self.name, exc.reason)
             raise Reject(exc.reason, requeue=True) from None
 
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        """The job ended here (the store stage carries the job's id; so does an intake that
+        answered without running the chain): its webhook, if one is wanted."""
+        if isinstance(retval, dict) and retval.get("job_id") == task_id and "status" in retval:
+            _job_ended(task_id)
+
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         """A stage failed for good: the job lets go of its image, vector and the user's
-        pending cooldown reservation now, not when their TTL passes."""
+        pending cooldown reservation now, not when their TTL passes; its webhook goes."""
         job = args[0] if args and isinstance(args[0], dict) else None
         if job is None or "image_sha256" not in job:
             return
         with contextlib.suppress(Exception):  # best effort: the TTLs remain the backstop
             get_runtime().release_failed(Job.model_validate(job))
+        if isinstance(job.get("job_id"), str):
+            _job_ended(job["job_id"])
 
 
 class IntakeTask(PipelineTask):
@@ -131,6 +141,7 @@ class IntakeTask(PipelineTask):
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
         """Intake failed for good after admitting the photo: release what it reserved."""
+        _job_ended(task_id)
         given = dict(zip(PARAMETERS, args or (), strict=False)) | dict(kwargs or {})
         image, user_id = given.get("image_b64"), given.get("user_id")
         if not isinstance(image, str | bytes) or not isinstance(user_id, str):
@@ -144,6 +155,16 @@ class IntakeTask(PipelineTask):
 
 
 _REDACTED = {"image_b64": "<image>", "user_id": "<user>"}
+
+
+def _job_ended(job_id: str) -> None:
+    """Send the job's webhook if one was asked for (its message carries the job id only:
+    the notify task reads the outcome from the result backend)."""
+    try:
+        if get_runtime().hooks.wanted(job_id):
+            notify.apply_async((job_id,))
+    except Exception as exc:  # noqa: BLE001 - logged; the job's own outcome stands
+        log.error("job %s: could not send its webhook (%s)", job_id, type(exc).__name__)
 
 
 def _shown(value: Any) -> Any:
@@ -414,3 +435,38 @@ def sweep_erased(erased: str, job_ids: list[str]) -> dict[str, Any]:
 def compact_persistence() -> dict[str, Any]:
     """Rewrite the Redis append-only files after erasures (rate-limited; see persistence)."""
     return compact(get_runtime().settings)
+
+
+# --- notify queue: webhooks ---------------------------------------------------------------------
+
+_OUTCOME_WAIT_TRIES = 30  # a second apart: the result backend lags the task's end by ms
+
+
+@app.task(bind=True, base=PipelineTask, name="aurum_ml.notify")
+def notify(self: Task, job_id: str) -> str:
+    """POST the job's outcome to its webhook, signed; retried with backoff on timeouts,
+    5xx and 429 (see aurum_ml.webhooks)."""
+    rt = get_runtime()
+    record = rt.hooks.get(job_id)
+    if record is None or record.final:
+        return "none"
+    result = app.AsyncResult(job_id)
+    state = result.state
+    if state not in (states.SUCCESS, states.FAILURE):
+        if self.request.retries >= _OUTCOME_WAIT_TRIES:  # forgotten (erased) or lost
+            rt.hooks.attempted(job_id, "no_outcome", delivered=False, final=True)
+            return "final"
+        raise self.retry(countdown=1, max_retries=self.request.retries + 1)
+    if state == states.SUCCESS:
+        body = webhooks.body_of(job_id, "done", result.result, None)
+    else:
+        exc = result.result
+        error = {"error": type(exc).__name__, "message": str(exc)}
+        body = webhooks.body_of(job_id, "failed", None, error)
+    outcome = webhooks.deliver(job_id, rt.hooks, rt.settings, body, requests.post)
+    if outcome == "retry":
+        attempts = rt.hooks.get(job_id)
+        countdown = webhooks.backoff(attempts.attempts if attempts else 1)
+        raise self.retry(countdown=countdown, max_retries=self.request.retries + 1)
+    log.info("job %s: webhook %s", job_id, outcome)
+    return outcome

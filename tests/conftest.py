@@ -29,8 +29,14 @@ os.environ.update(
         "TASK_MAX_RETRIES": "2",
         "RETRY_BACKOFF_MAX": "2",
         "COOLDOWN_DAYS": "0",
+        # webhooks (the API's tests): a loopback receiver, a test secret
+        "AURUM_WEBHOOK_SECRET": "test-webhook-secret",
+        "AURUM_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+        "WEBHOOK_RETRY_FOR": "60",
     }
 )
+for _name in ("AURUM_API_KEYS", "AURUM_WEBHOOK_URL", "AURUM_API_RATE_LIMIT"):
+    os.environ.pop(_name, None)
 
 from photos import fetch  # noqa: E402  (after the environment is set)
 

@@ -1,0 +1,252 @@
+"""Signed webhooks: tell the app when a job has ended instead of making it poll.
+
+A job submitted with a callback URL (the HTTP API's ``callback_url``, or
+``AURUM_WEBHOOK_URL``) gets a record ``aurum:hook:{job_id}`` (the URL and the delivery
+state; no user data). When the job ends — scored, rejected or failed — the task that ended
+it sends ``aurum_ml.notify(job_id)`` to the ``notify`` queue; that task reads the outcome from
+the result backend and POSTs it. The message carries the job id only, so an erased user's
+result is never sitting in a queue: it is read at delivery time, and an erased one is gone.
+
+Signature: ``X-Aurum-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``
+over the exact bytes of the body. A receiver recomputes it, compares in constant time and
+refuses a ``t`` older than a few minutes (replay). Deliveries are at least once: dedupe by
+``job_id``.
+
+Retries: timeouts, connection errors, 5xx and 429 are retried with exponential backoff (1 s
+doubling to 5 min, jittered) for up to ``WEBHOOK_RETRY_FOR`` seconds; any other 4xx is
+final. Redirects are not followed. Only hosts in ``AURUM_WEBHOOK_ALLOWED_HOSTS`` are ever
+called (checked when the job is submitted and again before each attempt): nothing the
+operator did not allow is requested, so a caller cannot aim the workers at internal
+addresses (SSRF).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+
+from aurum_ml.errors import InvalidRequest
+from aurum_ml.settings import Settings
+from aurum_ml.state import redis_errors
+
+__all__ = [
+    "Delivery",
+    "deliver",
+    "HookRecords",
+    "check_callback",
+    "sign",
+    "signature_header",
+    "verify",
+]
+
+SIGNATURE_HEADER = "X-Aurum-Signature"
+MAX_BACKOFF_S = 300
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """Hex HMAC-SHA256 of ``"<timestamp>.<body>"``."""
+    message = str(timestamp).encode() + b"." + body
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+
+
+def signature_header(secret: str, body: bytes, timestamp: int | None = None) -> str:
+    t = int(time.time()) if timestamp is None else timestamp
+    return f"t={t},v1={sign(secret, t, body)}"
+
+
+def verify(secret: str, header: str, body: bytes, tolerance_s: int = 300) -> bool:
+    """What a receiver does (the README shows it in JavaScript): parse, recompute, compare
+    in constant time, refuse an old timestamp."""
+    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+    try:
+        t = int(fields["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs(time.time() - t) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(secret, t, body), fields.get("v1", ""))
+
+
+def _host_port(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise InvalidRequest("callback_url has an invalid port") from None
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def check_callback(url: str, settings: Settings) -> str:
+    """The callback URL if webhooks are configured and its host is allowed; InvalidRequest
+    otherwise. An allow-list entry is ``host`` (any port) or ``host:port``."""
+    if not settings.webhook_secret:
+        raise InvalidRequest(
+            "webhooks are not configured on this server (AURUM_WEBHOOK_SECRET is unset)",
+            "invalid_request",
+        )
+    if len(url) > 2048:
+        raise InvalidRequest("callback_url is longer than 2048 characters")
+    scheme, host, port = _host_port(url)
+    if scheme not in ("http", "https") or not host:
+        raise InvalidRequest("callback_url must be an absolute http(s) URL")
+    allowed = settings.webhook_allowed_host_list
+    if host not in allowed and f"{host}:{port}" not in allowed:
+        raise InvalidRequest(
+            "callback_url's host is not in AURUM_WEBHOOK_ALLOWED_HOSTS: ask the operator to "
+            "allow it",
+            "callback_not_allowed",
+        )
+    return url
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The state of a job's webhook, as ``GET /v1/jobs/{id}`` shows it."""
+
+    url: str
+    delivered: bool
+    attempts: int
+    last_status: int | str | None  # an HTTP status, or "timeout" / "connection_error"
+    final: bool  # delivered, refused for good, or out of time
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "delivered": self.delivered,
+            "attempts": self.attempts,
+            "last_status": self.last_status,
+        }
+
+
+class HookRecords:
+    """``aurum:hook:{job_id}``: where to deliver a job's outcome, and how that went."""
+
+    def __init__(self, client: redis.Redis, keep_s: int) -> None:
+        self.redis: Any = client
+        self.keep_s = keep_s
+
+    @staticmethod
+    def _key(job_id: str) -> str:
+        return f"aurum:hook:{job_id}"
+
+    def register(self, job_id: str, url: str) -> None:
+        with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                self._key(job_id), mapping={"url": url, "attempts": 0, "created": time.time()}
+            )
+            pipe.expire(self._key(job_id), self.keep_s)
+            pipe.execute()
+
+    def drop(self, job_ids: list[str]) -> None:
+        if job_ids:
+            with redis_errors():
+                self.redis.delete(*(self._key(j) for j in job_ids))
+
+    def wanted(self, job_id: str) -> bool:
+        with redis_errors():
+            return bool(self.redis.exists(self._key(job_id)))
+
+    def get(self, job_id: str) -> Delivery | None:
+        with redis_errors():
+            raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self._key(job_id)).items()}
+        if not raw:
+            return None
+        status: int | str | None = raw.get("last_status")
+        if isinstance(status, str) and status.isdigit():
+            status = int(status)
+        return Delivery(
+            url=raw["url"],
+            delivered=raw.get("delivered") == "1",
+            attempts=int(raw.get("attempts", 0)),
+            last_status=status,
+            final=raw.get("final") == "1",
+        )
+
+    def started(self, job_id: str) -> float:
+        """When the first attempt was made (set by the first call)."""
+        with redis_errors():
+            self.redis.hsetnx(self._key(job_id), "first_attempt", time.time())
+            return float(self.redis.hget(self._key(job_id), "first_attempt"))
+
+    def attempted(self, job_id: str, status: int | str, delivered: bool, final: bool) -> None:
+        with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(self._key(job_id), "attempts", 1)
+            pipe.hset(
+                self._key(job_id),
+                mapping={"last_status": status, "delivered": int(delivered), "final": int(final)},
+            )
+            pipe.execute()
+
+
+def backoff(attempt: int) -> float:
+    """Seconds before retry ``attempt`` (1-based): 1, 2, 4 … capped at 5 min, full jitter
+    above half (so a receiver coming back is not hit by every retry at once)."""
+    ceiling = min(MAX_BACKOFF_S, 2 ** (attempt - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def body_of(job_id: str, state: str, result: Any, error: dict[str, str] | None) -> bytes:
+    """The webhook body: compact JSON, keys sorted (what is signed is what is sent)."""
+    payload = {"job_id": job_id, "state": state, "result": result, "error": error}
+    return json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+
+
+def retryable(status: int | str) -> bool:
+    return not isinstance(status, int) or status >= 500 or status == 429
+
+
+def deliver(
+    job_id: str,
+    hooks: HookRecords,
+    settings: Settings,
+    body: bytes,
+    post: Any,
+) -> str:
+    """One delivery attempt of ``body`` for ``job_id``: "delivered", "retry", "final" (refused
+    for good or out of time) or "none" (no webhook wanted, or already final)."""
+    import requests
+
+    record = hooks.get(job_id)
+    if record is None or record.final:
+        return "none"
+    first = hooks.started(job_id)
+    try:
+        check_callback(record.url, settings)  # the allow-list may have changed since submit
+    except InvalidRequest:
+        hooks.attempted(job_id, "not_allowed", delivered=False, final=True)
+        return "final"
+    assert settings.webhook_secret is not None  # check_callback requires it
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "aurum-ml-webhook/1",
+        "X-Aurum-Job-Id": job_id,
+        SIGNATURE_HEADER: signature_header(settings.webhook_secret, body),
+    }
+    status: int | str
+    try:
+        response = post(
+            record.url,
+            data=body,
+            headers=headers,
+            timeout=settings.webhook_timeout_s,
+            allow_redirects=False,
+        )
+        status = int(response.status_code)
+    except requests.Timeout:
+        status = "timeout"
+    except requests.RequestException:
+        status = "connection_error"
+    delivered = isinstance(status, int) and 200 <= status < 300
+    out_of_time = time.time() - first >= settings.webhook_retry_for_s
+    final = delivered or not retryable(status) or out_of_time
+    hooks.attempted(job_id, status, delivered=delivered, final=final)
+    if delivered:
+        return "delivered"
+    return "final" if final else "retry"
