@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup photos demo test lint worker bench bench-pipeline bench-services chaos clean
+.PHONY: setup photos demo test lint worker bench bench-pipeline bench-services bench-api chaos clean
 
 setup: $(VENV)/.installed  ## create .venv and install the project with its test extra
 
@@ -27,13 +27,16 @@ lint: setup
 	$(BIN)/ruff format --check aurum_ml tests bench celeryconfig.py
 	$(BIN)/mypy
 
-bench: bench-pipeline bench-services  ## every benchmark; numbers go to BENCHMARKS.md
+bench: bench-pipeline bench-services bench-api  ## every benchmark; numbers go to BENCHMARKS.md
 
 bench-pipeline: photos  ## the whole chain on Redis and worker processes vs the raw model loop
 	$(BIN)/python bench/pipeline.py
 
 bench-services: photos  ## ML services (1 and 2 uvicorn workers) vs the in-process call
 	$(BIN)/python bench/services.py
+
+bench-api: photos  ## POST /v1/score?wait=30 vs score_face.delay().get(), same workers
+	$(BIN)/python bench/api.py
 
 chaos: photos  ## faults under load (worker kill, Redis and RabbitMQ restarts, services down, bad input) → docs/reliability.md
 	$(BIN)/python bench/chaos.py --jobs 150

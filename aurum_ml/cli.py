@@ -425,26 +425,58 @@ def metrics_command(port: int | None, host: str) -> None:
     threading.Event().wait()
 
 
-_SERVICES = {"detection": 8001, "embedding": 8002}
+_SERVICES = {"detection": 8001, "embedding": 8002, "api": 8000}
+_FACTORIES = {
+    "detection": "aurum_ml.services.detection:create_app",
+    "embedding": "aurum_ml.services.embedding:create_app",
+    "api": "aurum_ml.api:create_app",
+}
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @main.command("serve")
 @click.argument("service", type=click.Choice(sorted(_SERVICES)))
 @click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 in a container.")
-@click.option("--port", type=int, help="Default: 8001 (detection), 8002 (embedding).")
+@click.option("--port", type=int, help="Default: 8000 (api), 8001 (detection), 8002 (embedding).")
 @click.option("--workers", default=1, show_default=True, help="uvicorn worker processes.")
 @click.option("--log-level", default="info", show_default=True)
 def serve_command(service: str, host: str, port: int | None, workers: int, log_level: str) -> None:
-    """Run the detection or embedding ML service (uvicorn)."""
+    """Run the HTTP API (api) or an ML service (detection, embedding) with uvicorn."""
     import uvicorn
 
+    if service == "api":
+        try:
+            settings = get_settings()
+        except ValueError as exc:
+            raise click.ClickException(f"configuration: {exc}") from None
+        if settings.embedded:
+            raise click.ClickException(
+                "the API publishes to a cluster: set AURUM_BROKER_URL (see the README's "
+                "cluster recipe)"
+            )
+        if not settings.api_key_table and not _loopback(host):
+            raise click.ClickException(
+                f"refusing to serve the API on {host} without keys: set AURUM_API_KEYS "
+                "(name:key,...) or serve on 127.0.0.1"
+            )
     uvicorn.run(
-        f"aurum_ml.services.{service}:create_app",
+        _FACTORIES[service],
         factory=True,
         host=host,
         port=port or _SERVICES[service],
         workers=workers,
         log_level=log_level,
+        access_log=service != "api",  # the API logs route templates, never user ids
     )
 
 

@@ -44,7 +44,7 @@ def test_the_aurum_commands_exist(compose):
         if command and command[0] == "aurum-ml":
             assert command[1] in cli.commands, command
             if command[1] == "serve":
-                assert command[2] in ("detection", "embedding")
+                assert command[2] in ("detection", "embedding", "api")
 
 
 def test_environment_names_are_settings(compose):
@@ -58,3 +58,13 @@ def test_published_ports_are_private(compose):
     for name, service in compose["services"].items():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), (name, port)
+
+
+def test_the_api_needs_keys_and_webhooks_have_their_worker(compose):
+    api = compose["services"]["api"]
+    assert api["command"][:3] == ["aurum-ml", "serve", "api"]
+    assert "0.0.0.0" in api["command"]  # so: keys are required (the CLI refuses otherwise)
+    assert api["environment"]["AURUM_API_KEYS"].startswith("${AURUM_API_KEYS:?")
+    assert "/readyz" in " ".join(api["healthcheck"]["test"])
+    notify = compose["services"]["worker-notify"]["command"]
+    assert notify[notify.index("-Q") + 1] == "notify" and "threads" in notify

@@ -1,0 +1,523 @@
+"""``/v1``: submit a photo (202 + job id, or the result within ``?wait=N`` s), poll the job,
+get a signed webhook when it ends, query the population, erase a user.
+
+Nothing is re-implemented here: every route publishes the task the Python API publishes
+(``score_face``, ``get_score``, ``similar``, ``leaderboard``, ``stats``, ``forget_user``) and
+reads Celery's result backend.
+
+- **Keys**: ``AURUM_API_KEYS`` (``name:key,…``), header ``X-API-Key``, compared in constant
+  time against every key. A job id belongs to the key that submitted it
+  (``aurum:api:job:{id}``): another key gets 404, as for an id never issued (Celery itself
+  reports any unknown id as PENDING). Without keys the API serves loopback only
+  (``aurum-ml serve api`` refuses another address).
+- **Limits**: ``POST /v1/score`` is limited per key (``AURUM_API_RATE_LIMIT``, 10/minute) with
+  the ``limits`` library's moving window in Redis, so it holds across API processes; 429
+  comes with ``Retry-After``. The body is capped before it is read (413).
+- **Errors**: always ``{"error": code, "message": …}`` with the pipeline's reason codes; a
+  photo the pipeline refuses is a *result* (``state: done``, ``result.status: rejected``).
+- **Logs**: one line per request with the route's template (``/v1/users/{user_id}/score``),
+  never the user id, key or body; uvicorn's access log is off.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import secrets
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+import anyio
+import anyio.to_thread
+from celery.result import AsyncResult
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as KombuOperationalError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from aurum_ml import __version__
+from aurum_ml.errors import AurumError, ConfigError, InvalidRequest
+from aurum_ml.schemas import ServiceErrorBody, check_user_id
+from aurum_ml.services.app import BodyLimit
+from aurum_ml.settings import Settings, get_settings
+from aurum_ml.state import redis_errors
+from aurum_ml.webhooks import HookRecords, check_callback
+
+__all__ = ["ApiError", "create_app"]
+
+log = logging.getLogger("aurum_ml.api")
+
+MAX_WAIT_S = 30
+QUERY_TIMEOUT_S = 30
+ANONYMOUS = "local"
+# A request waits ~2 s for an unreachable broker, then answers 503 (the caller retries);
+# a worker's own publishes wait ~80 s instead (celeryconfig's task_publish_retry_policy).
+PUBLISH_RETRY = {
+    "max_retries": 3,
+    "interval_start": 0.2,
+    "interval_step": 0.3,
+    "interval_max": 1,
+}  # the key name when no keys are configured (loopback only)
+
+
+class ApiError(Exception):
+    def __init__(
+        self, status: int, error: str, message: str, headers: dict[str, str] | None = None
+    ):
+        super().__init__(message)
+        self.status, self.error, self.message, self.headers = status, error, message, headers
+
+
+# --- request and response bodies --------------------------------------------------------------
+class ScoreBody(BaseModel):
+    """``POST /v1/score`` as JSON (multipart: the same fields, ``image`` as a file). Strict:
+    ``"yes"`` is not a boolean, a number is not a user id."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    image_base64: str = Field(..., description="the photo (JPEG, PNG, WebP …), base64")
+    user_id: str = Field(..., description="1–128 printable characters")
+    allow_multiple_faces: bool | None = Field(
+        None, description="score the largest of several faces (default: the server's setting)"
+    )
+    callback_url: str | None = Field(
+        None, description="POST the outcome here when the job ends (host must be allowed)"
+    )
+
+
+class Webhook(BaseModel):
+    delivered: bool
+    attempts: int
+    last_status: int | str | None = Field(
+        None, description="HTTP status of the last attempt, or timeout / connection_error"
+    )
+
+
+class JobView(BaseModel):
+    job_id: str
+    state: Literal["queued", "running", "done", "failed"]
+    status_url: str
+    result: dict[str, Any] | None = Field(
+        None, description="with done: the result (see the README's result table)"
+    )
+    error: ServiceErrorBody | None = Field(None, description="with failed: what went wrong")
+    webhook: Webhook | None = None
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ServiceErrorBody, "description": "missing or wrong X-API-Key"},
+    404: {"model": ServiceErrorBody, "description": "unknown to this key"},
+    413: {"model": ServiceErrorBody, "description": "body over the image limit"},
+    422: {"model": ServiceErrorBody, "description": "invalid request (reason code in error)"},
+    429: {"model": ServiceErrorBody, "description": "rate limit; see Retry-After"},
+    503: {"model": ServiceErrorBody, "description": "broker or Redis unreachable: retry"},
+}
+
+
+def _error(status: int, error: str, message: str, headers: dict[str, str] | None = None):
+    body = ServiceErrorBody(error=error, message=message).model_dump()
+    return JSONResponse(body, status, headers=headers)
+
+
+# --- the parts a request needs --------------------------------------------------------------------
+class JobOwners:
+    """``aurum:api:job:{job_id}`` → the name of the key that submitted it (no user data)."""
+
+    def __init__(self, client: Any, keep_s: int) -> None:
+        self.redis, self.keep_s = client, keep_s
+
+    def issue(self, job_id: str, key: str, kind: str) -> None:
+        with redis_errors():
+            self.redis.set(f"aurum:api:job:{job_id}", f"{kind}:{key}", ex=self.keep_s)
+
+    def owner(self, job_id: str) -> tuple[str, str] | None:
+        with redis_errors():
+            raw = self.redis.get(f"aurum:api:job:{job_id}")
+        if raw is None:
+            return None
+        kind, _, key = raw.decode().partition(":")
+        return kind, key
+
+    def drop(self, job_id: str) -> None:
+        with redis_errors():
+            self.redis.delete(f"aurum:api:job:{job_id}")
+
+
+def _key_name(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> str:
+    """The name of the caller's key (every key is compared: no early exit)."""
+    table: dict[str, str] = request.app.state.settings.api_key_table
+    if not table:
+        return ANONYMOUS
+    given = (x_api_key or "").encode()
+    found = None
+    for name, key in table.items():
+        if secrets.compare_digest(given, key.encode()):
+            found = name
+    if found is None:
+        raise ApiError(401, "unauthorized", "a valid X-API-Key header is required")
+    return found
+
+
+KeyName = Annotated[str, Depends(_key_name)]
+
+
+def _rate_limited(request: Request, key: KeyName) -> str:
+    limiter, item = request.app.state.limiter, request.app.state.limit
+    try:
+        allowed = limiter.hit(item, "score", key)
+        if not allowed:
+            reset = limiter.get_window_stats(item, "score", key).reset_time
+    except Exception as exc:  # noqa: BLE001 - the limiter's storage is Redis
+        raise ApiError(
+            503, "unavailable", f"rate limiter unavailable: {type(exc).__name__}"
+        ) from None
+    if not allowed:
+        wait = max(1, math.ceil(reset - time.time()))
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"over {request.app.state.settings.api_rate_limit} for this key; retry in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+    return key
+
+
+def _user(user_id: str) -> str:
+    try:
+        return check_user_id(user_id)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from None
+
+
+def _state_of(result: AsyncResult) -> str:
+    state = result.state
+    if state == "SUCCESS":
+        return "done"
+    if state in ("FAILURE", "REVOKED"):
+        return "failed"
+    if state == "PENDING":
+        return "queued"
+    return "running"  # RECEIVED, STARTED, RETRY
+
+
+def _failure(result: AsyncResult) -> ServiceErrorBody:
+    exc = result.result
+    if isinstance(exc, BaseException):
+        return ServiceErrorBody(error=type(exc).__name__, message=str(exc))
+    return ServiceErrorBody(error="failed", message=str(exc))
+
+
+def _view(request: Request, job_id: str, hooks: HookRecords | None = None) -> JobView:
+    result = AsyncResult(job_id, app=request.app.state.celery)
+    state = _state_of(result)
+    view = JobView(
+        job_id=job_id, state=state, status_url=str(request.url_for("job", job_id=job_id))
+    )
+    if state == "done":
+        view.result = result.result
+    elif state == "failed":
+        view.error = _failure(result)
+    if hooks is not None:
+        delivery = hooks.get(job_id)
+        if delivery is not None:
+            view.webhook = Webhook(**delivery.public())
+    return view
+
+
+def _query(request: Request, task: Any, *args: Any) -> Any:
+    """Run a query task and wait for it (its result is deleted once read)."""
+    try:
+        result = task.apply_async(args, retry_policy=PUBLISH_RETRY)
+    except KombuOperationalError as exc:
+        raise ApiError(503, "unavailable", f"broker unreachable: {exc}") from None
+    try:
+        return result.get(timeout=QUERY_TIMEOUT_S)
+    except TimeoutError:
+        raise ApiError(503, "timeout", "no worker answered in time; retry") from None
+    finally:
+        result.forget()
+
+
+async def _score_request(request: Request) -> tuple[ScoreBody, bool]:
+    """The body as JSON or multipart; (fields, was multipart)."""
+    kind = request.headers.get("content-type", "")
+    if kind.startswith("multipart/form-data"):
+        form = await request.form()
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise ApiError(422, "invalid_request", "image: a file part named image is required")
+        data = await upload.read()
+        fields: dict[str, Any] = {
+            "image_base64": base64.b64encode(data).decode("ascii"),
+            "user_id": form.get("user_id"),
+            "callback_url": form.get("callback_url") or None,
+        }
+        flag = form.get("allow_multiple_faces")
+        if flag is not None:
+            if flag not in ("true", "false"):
+                raise ApiError(422, "invalid_request", "allow_multiple_faces: true or false")
+            fields["allow_multiple_faces"] = flag == "true"
+        multipart = True
+    else:
+        try:
+            fields = await request.json()
+        except ValueError:
+            raise ApiError(
+                422, "invalid_request", "the body is not JSON (or use multipart)"
+            ) from None
+        multipart = False
+    try:
+        return ScoreBody.model_validate(fields), multipart
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        raise ApiError(422, "invalid_request", f"{where}: {first.get('msg')}") from None
+
+
+_SCORE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/ScoreBody"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image", "user_id"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "user_id": {"type": "string"},
+                        "allow_multiple_faces": {"type": "boolean"},
+                        "callback_url": {"type": "string"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API app (uvicorn's factory). Needs a cluster: a broker and a Redis."""
+    settings = settings or get_settings()
+    if settings.embedded:
+        raise ConfigError(
+            "the HTTP API publishes to a cluster: set AURUM_BROKER_URL (and run the workers; "
+            "see the README's cluster recipe)"
+        )
+    from limits import parse
+    from limits.storage import RedisStorage
+    from limits.strategies import MovingWindowRateLimiter
+
+    from aurum_ml import tasks
+    from aurum_ml.celery_app import app as celery
+    from aurum_ml.runtime import get_runtime
+
+    runtime = get_runtime()
+    if not logging.getLogger().handlers and not log.handlers:  # under uvicorn: a request log
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    app = FastAPI(
+        title="aurum_ml API",
+        version=__version__,
+        description="Face scoring for Aurum Circle over HTTP. See the README's API section.",
+        responses=ERRORS,
+    )
+    app.state.settings = settings
+    app.state.celery = celery
+    app.state.limit = parse(settings.api_rate_limit)
+    app.state.limiter = MovingWindowRateLimiter(
+        RedisStorage(settings.state_url or "", key_prefix="aurum:ratelimit")
+    )
+    owners = JobOwners(runtime.state.redis, settings.result_expires_s)
+    hooks = HookRecords(runtime.state.redis, settings.result_expires_s)
+    app.state.owners, app.state.hooks = owners, hooks
+    # the largest legal body: the base64 of the largest image, plus the JSON around it
+    app.add_middleware(BodyLimit, max_bytes=(settings.image_max_bytes + 2) // 3 * 4 + 65536)
+
+    @app.middleware("http")
+    async def log_requests(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response: Response = await call_next(request)
+        route = request.scope.get("route")
+        log.info(
+            "%s %s %d %.0f ms",
+            request.method,
+            getattr(route, "path", "(no route)"),
+            response.status_code,
+            (time.perf_counter() - started) * 1000,
+        )
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.error, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {413: "image_too_large", 404: "not_found", 405: "method_not_allowed"}
+        return _error(exc.status_code, code.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.exception_handler(AurumError)
+    async def unavailable(request: Request, exc: AurumError) -> JSONResponse:
+        # StateUnavailable and the like: Redis is down; retry later
+        return _error(503, "unavailable", f"{type(exc).__name__}: {exc}")
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error in %s", request.url.path)
+        return _error(500, "internal", "unexpected error; it was logged")
+
+    @app.post(
+        "/v1/score",
+        status_code=202,
+        response_model=JobView,
+        responses={200: {"model": JobView, "description": "with ?wait: the job ended in time"}},
+        openapi_extra=_SCORE_BODY,
+    )
+    async def submit(
+        request: Request,
+        key: Annotated[str, Depends(_rate_limited)],
+        wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to wait")] = 0,
+    ) -> JSONResponse:
+        """Submit a photo. 202 with the job; with ``wait``, 200 with the outcome if the job
+        ends within that many seconds."""
+        body, _ = await _score_request(request)
+        callback = body.callback_url or settings.webhook_url
+        try:
+            if callback:
+                check_callback(callback, settings)
+        except InvalidRequest as exc:
+            raise ApiError(422, exc.reason, exc.message) from None
+        job_id = str(uuid.uuid4())
+        await anyio.to_thread.run_sync(publish, job_id, key, body, callback)
+        if wait:
+            view = await _wait_for(request, job_id, wait)
+            if view.state in ("done", "failed"):
+                return JSONResponse(view.model_dump(mode="json"), 200)
+        view = await anyio.to_thread.run_sync(_view, request, job_id)
+        return JSONResponse(view.model_dump(mode="json"), 202)
+
+    def publish(job_id: str, key: str, body: ScoreBody, callback: str | None) -> None:
+        """Record the job for its key (and its webhook), then publish score_face — the
+        records first, so neither the job's owner nor its end can be missed."""
+        owners.issue(job_id, key, "score")
+        if callback:
+            hooks.register(job_id, callback)
+        kwargs = {"user_id": body.user_id, "allow_multiple_faces": body.allow_multiple_faces}
+        try:
+            tasks.score_face.apply_async(
+                (body.image_base64,), kwargs, task_id=job_id, retry_policy=PUBLISH_RETRY
+            )
+        except InvalidRequest as exc:
+            owners.drop(job_id)
+            hooks.drop([job_id])
+            raise ApiError(422, exc.reason, exc.message) from None
+        except KombuOperationalError as exc:
+            owners.drop(job_id)
+            hooks.drop([job_id])
+            raise ApiError(503, "unavailable", f"broker unreachable: {exc}") from None
+
+    async def _wait_for(request: Request, job_id: str, wait: float) -> JobView:
+        deadline = time.monotonic() + wait
+        pause = 0.02
+        while True:
+            view = await anyio.to_thread.run_sync(_view, request, job_id)
+            if view.state in ("done", "failed") or time.monotonic() >= deadline:
+                return view
+            await anyio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 1.5, 0.25)
+
+    @app.get("/v1/jobs/{job_id}", name="job", response_model=JobView)
+    def job(request: Request, job_id: str, key: KeyName) -> JobView:
+        """A job submitted with this key: queued, running, done (with its result) or failed
+        (with the error), and its webhook's delivery."""
+        owner = owners.owner(job_id)
+        if owner is None or owner[1] != key:
+            raise ApiError(404, "not_found", "no such job for this key")
+        return _view(request, job_id, hooks)
+
+    @app.get("/v1/users/{user_id}/score")
+    def user_score(request: Request, user_id: str, key: KeyName) -> dict[str, Any]:
+        """The user's latest result, score and rank as they stand now."""
+        out = _query(request, tasks.get_score, _user(user_id))
+        if out is None:
+            raise ApiError(404, "not_found", "no stored face for this user")
+        return dict(out)
+
+    @app.get("/v1/users/{user_id}/similar")
+    def user_similar(
+        request: Request,
+        user_id: str,
+        key: KeyName,
+        k: Annotated[int, Query(ge=1, le=100)] = 10,
+    ) -> list[dict[str, Any]]:
+        """The other users whose faces are nearest to the user's latest face."""
+        return list(_query(request, tasks.similar, _user(user_id), k))
+
+    @app.get("/v1/leaderboard")
+    def leaderboard(
+        request: Request, key: KeyName, limit: Annotated[int, Query(ge=1, le=100)] = 10
+    ) -> list[dict[str, Any]]:
+        """The most typical faces, one per user."""
+        return list(_query(request, tasks.leaderboard, limit))
+
+    @app.get("/v1/stats")
+    def stats(request: Request, key: KeyName) -> dict[str, Any]:
+        """Population count, score distribution, top 1/5/10 % thresholds."""
+        return dict(_query(request, tasks.stats))
+
+    @app.delete("/v1/users/{user_id}", status_code=202, response_model=JobView)
+    def forget(request: Request, user_id: str, key: KeyName) -> JSONResponse:
+        """Erase everything held about the user: 202 with a job, done when erased."""
+        job_id = str(uuid.uuid4())
+        owners.issue(job_id, key, "forget")
+        try:
+            tasks.forget_user.apply_async(
+                (_user(user_id),), task_id=job_id, retry_policy=PUBLISH_RETRY
+            )
+        except KombuOperationalError as exc:
+            owners.drop(job_id)
+            raise ApiError(503, "unavailable", f"broker unreachable: {exc}") from None
+        return JSONResponse(_view(request, job_id).model_dump(mode="json"), 202)
+
+    @app.get("/healthz", include_in_schema=True)
+    def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"description": "which dependency failed"}})
+    def readyz() -> JSONResponse:
+        """The broker, the result backend and the state Redis are reachable."""
+        checks: dict[str, str] = {}
+
+        def check(name: str, probe: Any) -> None:
+            try:
+                probe()
+                checks[name] = "ok"
+            except Exception as exc:  # noqa: BLE001 - reported, not raised
+                checks[name] = f"unreachable: {type(exc).__name__}"
+
+        def broker() -> None:
+            with celery.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=1, timeout=2)
+
+        check("broker", broker)
+        check("result_backend", lambda: celery.backend.client.ping())
+        check("state", lambda: runtime.state.redis.ping())
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
+                            200 if ok else 503)  # fmt: skip
+
+    return app

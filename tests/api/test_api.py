@@ -1,0 +1,348 @@
+"""The HTTP API (#10) through a real uvicorn server (`aurum-ml serve api`, a subprocess on a
+loopback port) and a real worker on Redis; webhooks received by a loopback HTTP server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+
+from aurum_ml.webhooks import SIGNATURE_HEADER, verify
+
+from samples import b64
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import chaos  # noqa: E402
+
+KEYS = {
+    "miniapp": "k-miniapp-0123456789abcdef",
+    "other": "k-other-0123456789abcdef",
+    "flood": "k-flood-0123456789abcdef",
+}
+SECRET = os.environ["AURUM_WEBHOOK_SECRET"]
+TIMEOUT = 90
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def api(pipeline_worker, tmp_path_factory) -> Iterator[str]:
+    """`aurum-ml serve api` on a free loopback port, keys set, 20 submits/min per key."""
+    port = _free_port()
+    log = (tmp_path_factory.mktemp("api") / "api.log").open("w")
+    env = dict(
+        os.environ,
+        AURUM_API_KEYS=",".join(f"{n}:{k}" for n, k in KEYS.items()),
+        AURUM_API_RATE_LIMIT="20/minute",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "aurum_ml.cli", "serve", "api", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if requests.get(f"{url}/healthz", timeout=1).ok:
+                break
+        except requests.ConnectionError:
+            pass
+        assert process.poll() is None and time.monotonic() < deadline, "the API did not start"
+        time.sleep(0.2)
+    yield url
+    process.terminate()
+    process.wait(20)
+
+
+def _h(name: str = "miniapp") -> dict[str, str]:
+    return {"X-API-Key": KEYS[name]}
+
+
+def _poll(url: str, status_url: str, key: str = "miniapp") -> dict:
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        view = requests.get(status_url, headers=_h(key), timeout=10).json()
+        if view["state"] in ("done", "failed"):
+            return view
+        assert time.monotonic() < deadline, view
+        time.sleep(0.2)
+
+
+def test_submit_poll_result(api, photos):
+    image = b64((photos / "obama.jpg").read_bytes())
+    r = requests.post(
+        f"{api}/v1/score",
+        json={"image_base64": image, "user_id": "u-api-1"},
+        headers=_h(),
+        timeout=30,
+    )
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["state"] in ("queued", "running") and job["status_url"].endswith(job["job_id"])
+    view = _poll(api, job["status_url"])
+    assert view["state"] == "done" and view["result"]["status"] == "scored"
+    assert view["result"]["user_id"] == "u-api-1" and view["result"]["job_id"] == job["job_id"]
+
+
+def test_wait_answers_with_the_result(api, photos):
+    image = b64((photos / "biden.jpg").read_bytes())
+    r = requests.post(
+        f"{api}/v1/score?wait=30",
+        json={"image_base64": image, "user_id": "u-api-2"},
+        headers=_h(),
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["state"] == "done" and r.json()["result"]["status"] == "scored"
+
+
+def test_multipart_upload(api, photos):
+    r = requests.post(
+        f"{api}/v1/score?wait=30",
+        files={"image": ("obama2.jpg", (photos / "obama2.jpg").read_bytes(), "image/jpeg")},
+        data={"user_id": "u-api-3"},
+        headers=_h(),
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["result"]["status"] == "scored"
+
+
+def test_bad_input_is_a_typed_answer(api, photos):
+    not_image = requests.post(
+        f"{api}/v1/score?wait=30",
+        json={"image_base64": b64(b"not an image"), "user_id": "u-api-4"},
+        headers=_h(),
+        timeout=60,
+    )
+    assert not_image.status_code == 200
+    result = not_image.json()["result"]
+    assert (result["status"], result["reason"]) == ("rejected", "invalid_image")
+
+    cases = [
+        ({"image_base64": "AAAA"}, "user_id"),  # missing field
+        ({"image_base64": "AAAA", "user_id": ""}, "user_id"),
+        ({"image_base64": "AAAA", "user_id": "u", "allow_multiple_faces": "yes"}, "allow"),
+        ({"image_base64": "AAAA", "user_id": "u", "surprise": 1}, "surprise"),
+    ]
+    for body, mentioned in cases:
+        r = requests.post(f"{api}/v1/score", json=body, headers=_h("other"), timeout=10)
+        assert r.status_code == 422, (body, r.text)
+        assert r.json()["error"] == "invalid_request" and mentioned in r.json()["message"]
+    r = requests.post(f"{api}/v1/score", data=b"{not json", headers=_h("other"), timeout=10)
+    assert r.status_code == 422 and r.json()["error"] == "invalid_request"
+
+
+def test_keys_owners_and_limits(api, photos):
+    image = b64((photos / "obama3.jpg").read_bytes())
+    assert requests.post(f"{api}/v1/score", json={}, timeout=10).status_code == 401
+    wrong = requests.get(
+        f"{api}/v1/stats", headers={"X-API-Key": "k-miniapp-0123456789abcdeX"}, timeout=10
+    )
+    assert wrong.status_code == 401 and wrong.json()["error"] == "unauthorized"
+
+    r = requests.post(
+        f"{api}/v1/score",
+        json={"image_base64": image, "user_id": "u-api-5"},
+        headers=_h(),
+        timeout=30,
+    )
+    mine = r.json()["status_url"]
+    assert requests.get(mine, headers=_h("other"), timeout=10).status_code == 404
+    assert requests.get(f"{api}/v1/jobs/never-issued", headers=_h(), timeout=10).status_code == 404
+    assert _poll(api, mine)["state"] == "done"
+
+    port = int(api.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"X-API-Key: " + KEYS["other"].encode() + b"\r\nContent-Length: 1000000000\r\n\r\n"
+        )  # and no body: the answer must not wait for one
+        reply = b""
+        while b"}" not in reply:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 413") and b"image_too_large" in reply
+
+    answers = [
+        requests.post(f"{api}/v1/score", json={}, headers=_h("flood"), timeout=10)
+        for _ in range(21)
+    ]
+    assert [a.status_code for a in answers[:20]] == [422] * 20
+    assert answers[20].status_code == 429 and answers[20].json()["error"] == "rate_limited"
+    assert 1 <= int(answers[20].headers["Retry-After"]) <= 60
+    # the limit is per key: the others still get through
+    assert requests.get(f"{api}/v1/stats", headers=_h("other"), timeout=30).status_code == 200
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """Answers each path with its scripted statuses (the last one repeats); records POSTs."""
+
+    script: dict[str, list[int]] = {}
+    received: list[tuple[str, dict[str, str], bytes]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append((self.path, dict(self.headers), body))
+        statuses = self.script.get(self.path, [200])
+        status = statuses.pop(0) if len(statuses) > 1 else statuses[0]
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[tuple[str, type[_Receiver]]]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _Receiver
+    server.shutdown()
+
+
+def _webhook_of(api: str, job_id: str, attempts: int) -> dict:
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        view = requests.get(f"{api}/v1/jobs/{job_id}", headers=_h(), timeout=10).json()
+        hook = view.get("webhook") or {}
+        if hook.get("attempts", 0) >= attempts:
+            return view
+        assert time.monotonic() < deadline, view
+        time.sleep(0.2)
+
+
+def test_webhooks_signed_retried_and_refused(api, receiver, photos):
+    base, handler = receiver
+    handler.script.update({"/ok": [200], "/flaky": [503, 503, 200], "/refuse": [400]})
+    image = b64((photos / "obama.jpg").read_bytes())
+
+    def submit(path: str, user: str) -> str:
+        body = {"image_base64": image, "user_id": user, "callback_url": f"{base}{path}"}
+        r = requests.post(f"{api}/v1/score", json=body, headers=_h(), timeout=30)
+        assert r.status_code == 202, r.text
+        return r.json()["job_id"]
+
+    ok, flaky, refused = (
+        submit("/ok", "u-hook-1"),
+        submit("/flaky", "u-hook-2"),
+        submit("/refuse", "u-hook-3"),
+    )
+    view = _webhook_of(api, ok, 1)
+    assert view["webhook"] == {"delivered": True, "attempts": 1, "last_status": 200}
+    ((path, headers, body),) = [r for r in handler.received if r[0] == "/ok"]
+    assert verify(SECRET, headers[SIGNATURE_HEADER], body)
+    assert not verify("another-secret", headers[SIGNATURE_HEADER], body)
+    sent = json.loads(body)
+    assert sent["job_id"] == ok and sent["state"] == "done"
+    assert sent["result"] == view["result"]  # the result itself, as polled
+
+    assert _webhook_of(api, flaky, 3)["webhook"] == {
+        "delivered": True,
+        "attempts": 3,
+        "last_status": 200,
+    }
+    assert [r[0] for r in handler.received].count("/flaky") == 3
+
+    assert _webhook_of(api, refused, 1)["webhook"] == {
+        "delivered": False,
+        "attempts": 1,
+        "last_status": 400,
+    }
+    time.sleep(3)  # a 400 is final: never retried
+    assert [r[0] for r in handler.received].count("/refuse") == 1
+
+    outside = {
+        "image_base64": image,
+        "user_id": "u-hook-4",
+        "callback_url": "http://localhost:9/hook",
+    }
+    r = requests.post(f"{api}/v1/score", json=outside, headers=_h(), timeout=10)
+    assert r.status_code == 422 and r.json()["error"] == "callback_not_allowed"
+
+
+def test_queries_and_forget_via_delete_leave_nothing(api, photos, runtime, redis_client):
+    image = b64((photos / "obama3.jpg").read_bytes())
+    r = requests.post(
+        f"{api}/v1/score?wait=30",
+        json={"image_base64": image, "user_id": "u-api-del"},
+        headers=_h(),
+        timeout=60,
+    )
+    scored = r.json()
+    assert scored["result"]["status"] == "scored"
+    latest = requests.get(f"{api}/v1/users/u-api-del/score", headers=_h(), timeout=60).json()
+    assert latest["point_id"] == scored["result"]["point_id"]
+    near = requests.get(f"{api}/v1/users/u-api-del/similar?k=2", headers=_h(), timeout=60)
+    assert near.status_code == 200 and len(near.json()) <= 2
+    board = requests.get(f"{api}/v1/leaderboard?limit=3", headers=_h(), timeout=60)
+    assert board.status_code == 200 and [b["position"] for b in board.json()] == [1, 2, 3]
+    assert "models" in requests.get(f"{api}/v1/stats", headers=_h(), timeout=60).json()
+
+    gone = requests.delete(f"{api}/v1/users/u-api-del", headers=_h(), timeout=30)
+    assert gone.status_code == 202
+    view = _poll(api, gone.json()["status_url"])
+    assert view["state"] == "done" and view["result"]["points"] == 1
+    assert runtime.vectors.user_points("u-api-del") == []
+    assert chaos.redis_mentions(redis_client, "u-api-del") == []
+    from aurum_ml.celery_app import app
+
+    assert app.AsyncResult(scored["job_id"]).state == "PENDING"  # its result is forgotten
+    after = requests.get(f"{api}/v1/users/u-api-del/score", headers=_h(), timeout=60)
+    assert after.status_code == 404 and after.json()["error"] == "not_found"
+    bad = requests.get(f"{api}/v1/users/%20x/score", headers=_h(), timeout=10)
+    assert bad.status_code == 422
+
+
+def test_health_readiness_and_schema(api):
+    assert requests.get(f"{api}/healthz", timeout=5).json() == {"status": "ok"}
+    ready = requests.get(f"{api}/readyz", timeout=10)
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"broker": "ok", "result_backend": "ok", "state": "ok"}
+    schema = requests.get(f"{api}/openapi.json", timeout=5).json()
+    for path in (
+        "/v1/score",
+        "/v1/jobs/{job_id}",
+        "/v1/users/{user_id}/score",
+        "/v1/users/{user_id}/similar",
+        "/v1/leaderboard",
+        "/v1/stats",
+        "/v1/users/{user_id}",
+        "/healthz",
+        "/readyz",
+    ):
+        assert path in schema["paths"], path
+    body = schema["paths"]["/v1/score"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data"} <= set(body)
+    assert {"401", "413", "422", "429"} <= set(schema["paths"]["/v1/score"]["post"]["responses"])
+
+
+def test_the_api_refuses_a_public_address_without_keys():
+    env = {k: v for k, v in os.environ.items() if k != "AURUM_API_KEYS"}
+    out = subprocess.run(
+        [sys.executable, "-m", "aurum_ml.cli", "serve", "api", "--host", "0.0.0.0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1 and "without keys" in out.stderr
