@@ -317,11 +317,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from aurum_ml.runtime import get_runtime
 
     runtime = get_runtime()
-    if not logging.getLogger().handlers and not log.handlers:  # under uvicorn: a request log
+    log.setLevel(logging.INFO)  # the request log (route templates only)
+    if not logging.getLogger().handlers and not log.handlers:  # under uvicorn: nobody prints
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         log.addHandler(handler)
-        log.setLevel(logging.INFO)
     app = FastAPI(
         title="aurum_ml API",
         version=__version__,
