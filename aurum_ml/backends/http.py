@@ -75,6 +75,17 @@ class ServiceClient:
             raise ServiceError(f"{url} refused the request ({status} {detail})")
         return response
 
+    def token_accepted(self, path: str) -> bool:
+        """Whether the service accepts our token on ``path``: an authenticated no-op (an
+        empty body: 401 when the token is refused, a 4xx about the body when accepted)."""
+        try:
+            response = self._session().post(f"{self.base_url}{path}", json={}, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise ServiceUnavailable(f"{self.base_url}{path}: {type(exc).__name__}") from None
+        if response.status_code >= 500:
+            raise ServiceUnavailable(f"{self.base_url}{path} answered {response.status_code}")
+        return response.status_code != 401
+
     def call(self, path: str, body: dict[str, Any], contract: type[BaseModel]) -> Any:
         """POST ``body``; the answer parsed as ``contract``."""
         response = self._request("POST", path, body)

@@ -100,6 +100,31 @@ def _error(status: int, error: str, message: str) -> JSONResponse:
     return JSONResponse(ServiceErrorBody(error=error, message=message).model_dump(), status)
 
 
+PUBLIC_PATHS = ("/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
+
+
+class TokenGate:
+    """ASGI middleware, outermost: with ML_SERVICE_TOKEN set, a request to anything but the
+    public paths needs ``Authorization: Bearer …``, checked from the headers before a byte
+    of the body is read (a 50 MB body without a token is a 401, not a 413)."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token.encode() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.token is None or scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = given.partition(b" ")
+        if scheme.lower() != b"bearer" or not secrets.compare_digest(token, self.token):
+            response = _error(401, "unauthorized", "a valid bearer token is required")
+            await response(scope={"type": "http"}, receive=_no_body, send=send)  # type: ignore[arg-type]
+            return
+        await self.app(scope, receive, send)
+
+
 def require_token(request: Request) -> None:
     """With ML_SERVICE_TOKEN set, every scoring request needs ``Authorization: Bearer …``."""
     expected = request.app.state.settings.ml_service_token
@@ -169,6 +194,7 @@ def create_service(
     app.state.started = time.monotonic()
     # the largest legal body: the base64 of the largest image, plus the JSON around it
     app.add_middleware(BodyLimit, max_bytes=(settings.image_max_bytes + 2) // 3 * 4 + 65536)
+    app.add_middleware(TokenGate, token=settings.ml_service_token)  # outermost: runs first
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from urllib.parse import urlparse
 
@@ -167,3 +168,48 @@ def test_loading_answers_503(settings):
     assert (health.status_code, health.json()["status"]) == (503, "loading")
     busy = client.post("/detect", json={"image_base64": "AAAA"})
     assert (busy.status_code, busy.json()["error"]) == (503, "loading")
+
+
+def test_the_caller_is_checked_before_the_body(detection_url):
+    """A huge body without a token is a 401, answered from the headers (not a 413)."""
+    address = urlparse(detection_url)
+    with socket.create_connection((address.hostname, address.port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /detect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 50000000\r\n\r\n"
+        )
+        reply = b""
+        while b"}" not in reply:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 401") and b"unauthorized" in reply
+
+
+def test_health_proves_the_token_is_accepted(detection_url, embedding_url):
+    """`aurum-ml health` with a wrong token: /health answers (it needs none), jobs would
+    get 401 — so health says "token refused" and exits 1; with the right one, ok."""
+    import os
+    import subprocess
+    import sys
+
+    from servers import TOKEN
+
+    def health(token: str) -> subprocess.CompletedProcess:
+        env = dict(
+            os.environ,
+            FACE_DETECTION_SERVICE=detection_url,
+            FACE_EMBEDDING_SERVICE=embedding_url,
+            ML_SERVICE_TOKEN=token,
+        )
+        return subprocess.run([sys.executable, "-m", "aurum_ml.cli", "health", "--json"], env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    wrong = health("not-the-token")
+    assert wrong.returncode == 1, wrong.stderr
+    report = json.loads(wrong.stdout)
+    assert {e["status"] for e in report.values()} == {"token refused"}
+    right = health(TOKEN)
+    assert right.returncode == 0, right.stdout
+    assert {e["status"] for e in json.loads(right.stdout).values()} == {"ok"}
