@@ -455,8 +455,8 @@ def restart_redis(
 class Vhost:
     """A RabbitMQ vhost of our own (rabbitmqctl), deleted at the end."""
 
-    def __init__(self) -> None:
-        self.name = f"aurum-chaos-{os.getpid()}-{int(time.time())}"
+    def __init__(self, prefix: str = "aurum-chaos") -> None:
+        self.name = f"{prefix}-{os.getpid()}-{int(time.time())}"
         self.url = f"amqp://guest:guest@127.0.0.1:5672/{self.name}"
 
     def _ctl(self, *args: str) -> None:

@@ -2,12 +2,16 @@
 
 The environment is set here, before any test imports aurum_ml, so that the process-wide
 settings (and celeryconfig) point at the test Redis database and a throw-away Qdrant folder.
-``AURUM_TEST_REDIS`` chooses the Redis database (default 127.0.0.1:6379/14); it is flushed
-at the start of the session.
+
+Each test run takes a Redis database of its own on 127.0.0.1:6379: the first empty one from
+15 down to 8, claimed with a key (SET NX) so two runs on one machine never share one; it is
+flushed at the start and at the end. ``AURUM_TEST_REDIS`` names one instead. RabbitMQ tests
+create a vhost of their own and delete it (tests/integration/test_cluster.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -16,7 +20,29 @@ from pathlib import Path
 
 import pytest
 
-TEST_REDIS = os.environ.get("AURUM_TEST_REDIS", "redis://127.0.0.1:6379/14")
+CLAIM_KEY = "aurum:test:claimed-by"
+
+
+def claim_redis_db(exclude: tuple[str, ...] = ()) -> str:
+    """The URL of an empty Redis database, claimed for this process (see the docstring)."""
+    import redis
+
+    for db in range(15, 7, -1):
+        url = f"redis://127.0.0.1:6379/{db}"
+        if url in exclude:
+            continue
+        client = redis.Redis.from_url(url)
+        try:
+            if client.dbsize() == 0 and client.set(CLAIM_KEY, os.getpid(), nx=True, ex=7200):
+                return url
+        except redis.ConnectionError:
+            return url  # the redis_client fixture says Redis is down
+        finally:
+            client.close()
+    raise RuntimeError("no empty Redis database among 8-15 on 127.0.0.1:6379: set AURUM_TEST_REDIS")
+
+
+TEST_REDIS = os.environ.get("AURUM_TEST_REDIS") or claim_redis_db()
 _QDRANT_DIR = tempfile.mkdtemp(prefix="aurum-test-qdrant-")
 for _name in ("QDRANT_URL", "QDRANT_API_KEY", "AURUM_DATA_DIR"):
     os.environ.pop(_name, None)
@@ -43,6 +69,10 @@ from photos import fetch  # noqa: E402  (after the environment is set)
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(_QDRANT_DIR, ignore_errors=True)
+    import redis
+
+    with contextlib.suppress(redis.ConnectionError):  # leave nothing behind in our database
+        redis.Redis.from_url(TEST_REDIS).flushdb()
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +90,7 @@ def redis_client():
     except redis.ConnectionError:
         pytest.exit(f"Redis is not running at {TEST_REDIS} (start it: see README)", returncode=3)
     client.flushdb()
+    client.set(CLAIM_KEY, os.getpid(), ex=7200)  # still ours after the flush
     return client
 
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +17,26 @@ from samples import no_face
 
 BIN = Path(sys.executable).parent
 TEST_REDIS = os.environ["AURUM_BROKER_URL"]  # set by tests/conftest.py
-RABBIT = os.environ.get("AURUM_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+@pytest.fixture(scope="module")
+def rabbit() -> Iterator[str]:
+    """A RabbitMQ vhost of this run's own (deleted at the end), or AURUM_TEST_AMQP."""
+    if os.environ.get("AURUM_TEST_AMQP"):
+        yield os.environ["AURUM_TEST_AMQP"]
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import chaos
+
+    with chaos.Vhost("aurum-test") as vhost:
+        yield vhost.url
 
 
 @pytest.fixture()
-def cluster_env(tmp_path, redis_client) -> dict[str, str]:
+def cluster_env(tmp_path, redis_client, rabbit) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AURUM_", "QDRANT_"))}
     env.update(
-        AURUM_BROKER_URL=RABBIT,
+        AURUM_BROKER_URL=rabbit,
         AURUM_RESULT_BACKEND=TEST_REDIS,
         AURUM_REDIS_URL=TEST_REDIS,
         QDRANT_PATH=str(tmp_path / "qdrant"),

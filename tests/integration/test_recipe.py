@@ -9,13 +9,16 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
+from conftest import claim_redis_db
+
 ROOT = Path(__file__).resolve().parents[2]
-RECIPE_REDIS = os.environ.get("AURUM_TEST_RECIPE_REDIS", "redis://127.0.0.1:6379/13")
+
 _OURS = ("AURUM_", "QDRANT_", "TASK_", "RETRY_", "COOLDOWN_")
 
 
@@ -35,10 +38,16 @@ def _env(data_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture()
-def recipe_redis():
-    client = redis.Redis.from_url(RECIPE_REDIS)
+def recipe_redis() -> Iterator[str]:
+    """A second Redis database of this run's own (the recipe's processes flush nothing of
+    the suite's), emptied at the end."""
+    url = os.environ.get("AURUM_TEST_RECIPE_REDIS") or claim_redis_db(
+        exclude=(os.environ["AURUM_BROKER_URL"],)
+    )
+    client = redis.Redis.from_url(url)
     client.flushdb()
-    yield client
+    client.set("aurum:test:claimed-by", os.getpid(), ex=7200)  # still ours
+    yield url
     client.flushdb()
 
 
@@ -51,7 +60,7 @@ def test_the_cluster_recipe_runs_as_written(recipe_redis, photos, tmp_path):
     script.write_text(
         "set -eo pipefail\n"
         "trap 'rc=$?; kill $(jobs -p) 2>/dev/null || true; wait; exit $rc' EXIT\n"
-        + block.replace("redis://127.0.0.1:6379/0", RECIPE_REDIS)
+        + block.replace("redis://127.0.0.1:6379/0", recipe_redis)
         + "wait\n"
     )
     done = subprocess.run(
@@ -74,8 +83,8 @@ def test_the_cluster_recipe_runs_as_written(recipe_redis, photos, tmp_path):
     assert (tmp_path / "data" / "qdrant").is_dir()
 
 
-def _start_worker(args: list[str], data_dir: Path) -> subprocess.Popen:
-    env = _env(data_dir) | {"AURUM_BROKER_URL": RECIPE_REDIS}
+def _start_worker(args: list[str], data_dir: Path, broker: str) -> subprocess.Popen:
+    env = _env(data_dir) | {"AURUM_BROKER_URL": broker}
     return subprocess.Popen(
         ["celery", "-A", "aurum_ml", "worker", "-l", "warning", *args],
         cwd=ROOT,
@@ -99,21 +108,27 @@ def _refused(process: subprocess.Popen) -> str:
 def test_a_store_worker_that_cannot_own_the_folder_refuses_to_start(recipe_redis, tmp_path):
     from qdrant_client import QdrantClient
 
-    prefork = _refused(_start_worker(["-Q", "store", "-n", "store1@%h"], tmp_path / "a"))
+    prefork = _refused(
+        _start_worker(["-Q", "store", "-n", "store1@%h"], tmp_path / "a", recipe_redis)
+    )
     assert "refusing to start" in prefork and "--pool threads" in prefork
 
     folder = tmp_path / "b" / "qdrant"
     folder.mkdir(parents=True)
     holder = QdrantClient(path=str(folder))  # another process's store worker, say
     try:
-        second = _start_worker(["-Q", "store", "--pool", "threads", "-n", "s2@%h"], tmp_path / "b")
+        second = _start_worker(
+            ["-Q", "store", "--pool", "threads", "-n", "s2@%h"], tmp_path / "b", recipe_redis
+        )
         err = _refused(second)
     finally:
         holder.close()
     assert "held by another process" in err and "QDRANT_URL" in err
 
     # a worker without the store queue never opens the folder: it starts
-    model = _start_worker(["-Q", "detect", "-n", "detect1@%h", "-c", "1"], tmp_path / "a")
+    model = _start_worker(
+        ["-Q", "detect", "-n", "detect1@%h", "-c", "1"], tmp_path / "a", recipe_redis
+    )
     try:
         time.sleep(8)
         assert model.poll() is None, model.communicate()[1][-2000:]
