@@ -19,7 +19,7 @@ photos: setup  ## fetch the real test photos into .cache/test-photos (git-ignore
 demo: photos  ## score the sample photos on the embedded default (no servers needed)
 	$(BIN)/aurum-ml score .cache/test-photos/*.jpg .cache/test-photos/32bit.png
 
-test: setup  ## the test suite: needs Redis at 127.0.0.1:6379 (db 14 is flushed)
+test: setup  ## the test suite: needs Redis at 127.0.0.1:6379 and RabbitMQ at :5672
 	$(BIN)/python -m pytest
 
 lint: setup

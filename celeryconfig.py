@@ -19,6 +19,7 @@ that consumes the store queue and cannot own the folder refuses to start
 maintenance queue.
 """
 
+import contextlib
 from typing import Any
 
 from kombu import Exchange, Queue
@@ -196,6 +197,11 @@ if _settings.embedded:
     broker_transport_options["polling_interval"] = 0.01
 
 # --- schedule: run exactly one beat (`celery -A aurum_ml beat`); the tasks are idempotent --
+# beat keeps its schedule in the data folder, not in whatever folder it was started from
+beat_schedule_filename = str(_settings.data_dir / "celerybeat-schedule")
+if not _settings.embedded:
+    with contextlib.suppress(OSError):
+        _settings.data_dir.mkdir(parents=True, exist_ok=True)
 beat_schedule = {
     "rerank": {"task": "aurum_ml.rerank", "schedule": _settings.rerank_interval_s},
     "probe-health": {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import socket
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -59,6 +60,12 @@ logs.install()  # what a log line may contain: see aurum_ml.logs
 config = _load_config()
 app = Celery("aurum_ml", include=["aurum_ml.tasks"])
 app.config_from_object(config)
+# "task-sent" events carry the publishing process's name, which Celery makes up per process
+# ("gen<pid>@host"): every CLI run, API process and worker child would add a label to
+# Flower's /metrics for ever. One name per host instead: the sent events stay (Flower shows
+# when a job was queued), the label set stays bounded.
+PUBLISHER = f"publishers@{socket.gethostname()}"
+app.amqp.__dict__["_event_dispatcher"] = app.events.Dispatcher(enabled=False, hostname=PUBLISHER)
 
 
 @signals.worker_init.connect(weak=False)

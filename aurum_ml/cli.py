@@ -4,8 +4,11 @@ With no ``AURUM_BROKER_URL`` the whole chain runs in this process on the embedde
 (memory broker, a worker thread, the local Qdrant folder under ``AURUM_DATA_DIR``); with it,
 jobs go to the cluster and the command waits for their results.
 
-Exit status: 0 when every input got a result (scored or rejected), 1 when any job failed
-on infrastructure, 2 on a configuration error.
+Exit status (every command): 0 done — for ``score``, every image got a result, scored or
+rejected; 1 the infrastructure failed (broker or Redis unreachable, a job failed or timed
+out); 2 a usage or configuration error (a path that is not a file, a bad option, bad
+settings), reported before anything is sent; 3 not found (``get-score``, ``similar``: the
+user has no stored face).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 import click
 
-from aurum_ml.errors import BadInput, ConfigError
+from aurum_ml.errors import AurumError, BadInput, ConfigError
 from aurum_ml.schemas import Result, check_user_id
 from aurum_ml.settings import Settings, get_settings
 
@@ -46,21 +49,87 @@ def _failure(exc: BaseException) -> dict[str, Any]:
     return {"status": "error", "error": type(exc).__name__, "message": str(exc)}
 
 
+HEADER = f"{'photo':<28} {'status':<9} {'score':>5}  {'rank/of':>9}  {'face':>6}  {'time':>7}"
+
+
 def _row(path: str, out: dict[str, Any]) -> str:
+    """One line of the score table (see HEADER); rejections and errors say why."""
     name = Path(path).name[:28]
+    if out["status"] == "scored" and (out.get("degraded") or out.get("score") is None):
+        return f"{name:<28} {'degraded':<9} {'-':>5}  {out.get('message') or ''}"
     if out["status"] == "scored":
-        quality = out["quality"] or {}
+        quality = out.get("quality") or {}
+        place = f"{out['rank']}/{out['total_faces']}"
+        face = f"{quality.get('face_width_px', '?')} px"
         return (
-            f"{name:<28} scored    {out['score']:>5.1f}  {out['rank']:>4}/{out['total_faces']:<5} "
-            f"face {quality.get('face_width_px', '?')} px, "
-            f"{out['timings_ms']['total']:.0f} ms"
+            f"{name:<28} {'scored':<9} {out['score']:>5.1f}  {place:>9}  {face:>6}  "
+            f"{out['timings_ms']['total']:>4.0f} ms"
         )
     if out["status"] == "rejected":
-        return f"{name:<28} rejected  {out['reason']}: {out['message']}"
-    return f"{name:<28} ERROR     {out['error']}: {out['message']}"
+        return f"{name:<28} {'rejected':<9} {out['reason']}: {out['message']}"
+    return f"{name:<28} {'ERROR':<9} {out['error']}: {out['message']}"
 
 
-@click.group()
+def _settings() -> Settings:
+    """The settings, or exit 2 with what is wrong in one line per problem (no traceback)."""
+    from pydantic import ValidationError
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error.get("loc", ()) if p != "__root__")
+            message = str(error.get("msg", "")).removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
+        raise _Exit(2, "configuration: " + "; ".join(problems)) from None
+
+
+class _Exit(click.ClickException):
+    """A one-line message and an exit code (click prints it as "Error: …")."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = code  # type: ignore[misc]  # click reads it per instance
+
+
+def _reach_cluster(settings: Settings) -> None:
+    """Fail in seconds, in one line, when the broker or the result backend cannot be
+    reached (Celery would retry for minutes, then print a traceback)."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    from aurum_ml.celery_app import app
+
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0.5, timeout=3)
+    except Exception as exc:  # noqa: BLE001 - any failure to connect is said the same way
+        where = maybe_sanitize_url(settings.celery_broker_url)
+        raise _Exit(1, f"cannot reach the broker at {where}: {_reason(exc)}") from None
+    client = getattr(app.backend, "client", None)
+    if client is not None:
+        try:
+            client.ping()
+        except Exception as exc:  # noqa: BLE001
+            where = maybe_sanitize_url(settings.celery_result_backend)
+            raise _Exit(1, f"cannot reach the result backend at {where}: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.rstrip(".").lower() if "refused" in text.lower() else text
+
+
+EXIT_CODES = """\b
+Exit status, for every command:
+  0  done; for score: every image got a result (scored or rejected)
+  1  the infrastructure failed: broker or Redis unreachable, a job failed or timed out
+  2  a usage or configuration error, said before anything is sent
+  3  not found: get-score or similar for a user with no stored face
+"""
+
+
+@click.group(epilog=EXIT_CODES)
 @click.version_option(package_name="aurum-ml")
 def main() -> None:
     """Aurum Circle face scoring."""
@@ -68,7 +137,12 @@ def main() -> None:
 
 
 @main.command("score")
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument(
+    "images",
+    nargs=-1,
+    required=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False, readable=True),
+)
 @click.option("--user-id", help="User id for every image (default: each file's name).")
 @click.option("--allow-multiple-faces", is_flag=True, help="Score the largest of several faces.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON array of results.")
@@ -88,10 +162,9 @@ def score_command(
             check_user_id(user_id)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--user-id") from None
-    try:
-        settings = get_settings()
-    except ValueError as exc:
-        raise click.ClickException(f"configuration: {exc}") from None
+    settings = _settings()
+    if not settings.embedded:
+        _reach_cluster(settings)
     from aurum_ml.celery_app import app
     from aurum_ml.embedded import start_embedded
     from aurum_ml.runtime import get_runtime
@@ -120,7 +193,13 @@ def score_command(
                 ).model_dump(mode="json")
 
         with session:
-            results = _collect(owners, submit, timeout, progress=not as_json and len(images) > 1)
+            results = _collect(
+                owners,
+                submit,
+                timeout,
+                progress=not as_json and len(images) > 1 and sys.stderr.isatty(),
+                watch_for_workers=not settings.embedded,
+            )
     except ConfigError as exc:
         click.echo(f"configuration: {exc}", err=True)
         sys.exit(2)
@@ -128,6 +207,7 @@ def score_command(
     if as_json:
         click.echo(json.dumps(results, indent=2))
     else:
+        click.echo(HEADER)
         for path, out in zip(images, results, strict=True):
             click.echo(_row(str(path), out))
     if any(out["status"] == "error" for out in results):
@@ -137,10 +217,9 @@ def score_command(
 def _query(task_name: str, function: Callable[..., Any], *args: Any, timeout: float = 120) -> Any:
     """Run a query on the embedded default (directly, on the restored state) or as a task
     on the cluster's maintenance queue."""
-    try:
-        settings = get_settings()
-    except ValueError as exc:
-        raise click.ClickException(f"configuration: {exc}") from None
+    settings = _settings()
+    if not settings.embedded:
+        _reach_cluster(settings)
     from aurum_ml.celery_app import app
     from aurum_ml.runtime import get_runtime
 
@@ -159,11 +238,22 @@ def _query(task_name: str, function: Callable[..., Any], *args: Any, timeout: fl
         result = app.tasks[task_name].delay(*args)
         try:
             return result.get(timeout=timeout)
+        except TimeoutError:
+            queue = app.amqp.router.route({}, task_name)["queue"].name
+            raise _Exit(1, f"no answer within {timeout:g} s: {_no_worker(queue)}") from None
         finally:
             result.forget()  # read once: no user data left behind in the result backend
     except ConfigError as exc:
-        click.echo(f"configuration: {exc}", err=True)
-        sys.exit(2)
+        raise _Exit(2, f"configuration: {exc}") from None
+    except AurumError as exc:
+        raise _Exit(1, f"{type(exc).__name__}: {exc}") from None
+
+
+def _no_worker(queue: str) -> str:
+    return (
+        f"is a worker consuming the {queue!r} queue? Start one, e.g. "
+        f"`celery -A aurum_ml worker -Q {queue} -n {queue}@%h` (see the README's cluster recipe)"
+    )
 
 
 def _emit(data: Any, as_json: bool, lines: Callable[[Any], list[str]]) -> None:
@@ -187,8 +277,7 @@ def get_score_command(user_id: str, as_json: bool) -> None:
 
     out = _query("aurum_ml.get_score", get_score, user_id)
     if out is None:
-        click.echo(f"no stored face for {user_id}", err=True)
-        sys.exit(3)
+        raise _Exit(3, f"no stored face for {user_id}")
     _emit(
         out,
         as_json,
@@ -208,6 +297,8 @@ def similar_command(user_id: str, k: int, as_json: bool) -> None:
     from aurum_ml.queries import similar
 
     out = _query("aurum_ml.similar", similar, user_id, k)
+    if out is None:
+        raise _Exit(3, f"no stored face for {user_id}")
     _emit(
         out,
         as_json,
@@ -236,6 +327,30 @@ def leaderboard_command(limit: int, as_json: bool) -> None:
     )
 
 
+def stats_lines(data: dict[str, Any]) -> list[str]:
+    """``stats`` as text: what is known — the count always, the distribution once a
+    re-rank has computed it."""
+    rows = []
+    for model, entry in data["models"].items():
+        dist = entry["distribution"]
+        if dist is None:
+            rows.append(
+                f"{model}: {entry['count']} faces; the score distribution exists after the "
+                "first re-rank (beat runs one every RERANK_INTERVAL; `aurum-ml rerank` now)"
+            )
+            continue
+        rows.append(
+            f"{model}: {entry['count']} faces; scores mean {dist['mean']}, std {dist['std']}, "
+            f"median {dist['p50']} (as of the last re-rank, {dist['count']} faces)"
+        )
+        tops = entry.get("thresholds") or {}
+        if tops:
+            ordered = sorted(tops.items(), key=lambda item: int(item[0][4:-3]))  # top_5pct
+            needed = ", ".join(f"{name[4:-3]} %: {t['score']}" for name, t in ordered)
+            rows.append(f"  score needed for the top {needed}")
+    return rows
+
+
 @main.command("stats")
 @_json_option
 def stats_command(as_json: bool) -> None:
@@ -243,18 +358,7 @@ def stats_command(as_json: bool) -> None:
     from aurum_ml.queries import stats
 
     out = _query("aurum_ml.stats", stats)
-
-    def lines(data: dict[str, Any]) -> list[str]:
-        rows = []
-        for model, entry in data["models"].items():
-            dist = entry["distribution"] or {}
-            rows.append(
-                f"{model}: {entry['count']} faces; scores mean {dist.get('mean')}, "
-                f"std {dist.get('std')}, median {dist.get('p50')}"
-            )
-        return rows
-
-    _emit(out, as_json, lines)
+    _emit(out, as_json, stats_lines)
 
 
 @main.command("rerank")
@@ -304,8 +408,22 @@ def forget_command(user_id: str, compact: bool, as_json: bool) -> None:
     _emit(out, as_json, lines)
 
 
+def _watches_a_cluster(settings: Settings, command: str) -> None:
+    """status and metrics read a running cluster's shared state; the embedded default has
+    none between runs."""
+    if settings.embedded:
+        raise _Exit(
+            2,
+            f"`aurum-ml {command}` watches a cluster (set AURUM_BROKER_URL): the embedded "
+            "default keeps no state between runs; `aurum-ml stats` reports its stored faces",
+        )
+
+
 def _or_dash(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+_SCORING_PATH = {"detection": "/detect", "embedding": "/extract"}
 
 
 @main.command("health")
@@ -318,7 +436,7 @@ def health_command(as_json: bool) -> None:
     from aurum_ml.health import last_probes, services_of
     from aurum_ml.state import connect
 
-    settings = get_settings()
+    settings = _settings()
     try:
         window = last_probes(connect(settings), settings)
     except AurumError:
@@ -334,6 +452,10 @@ def health_command(as_json: bool) -> None:
                 "latency_ms": round(latency * 1000, 1),
             }
             entry |= {"model": health.model, "version": health.version} if health else {}
+            # /health needs no token; the jobs do: prove ours is accepted
+            if not client.token_accepted(_SCORING_PATH[name]):
+                entry["status"] = "token refused"
+                entry["error"] = "ML_SERVICE_TOKEN is not accepted: jobs would fail with 401"
         except AurumError as exc:
             entry = {"status": "down", "error": str(exc)}
         report[name] = {
@@ -366,7 +488,8 @@ def status_command(as_json: bool) -> None:
     from aurum_ml.health import fallback_state, last_probes, transitions
     from aurum_ml.state import DegradedJobs, connect
 
-    settings = get_settings()
+    settings = _settings()
+    _watches_a_cluster(settings, "status")
     client = connect(settings)
     try:
         state = fallback_state(client)
@@ -413,6 +536,7 @@ def metrics_command(port: int | None, host: str) -> None:
     from aurum_ml.metrics import PipelineCollector
     from aurum_ml.runtime import get_runtime
 
+    _watches_a_cluster(_settings(), "metrics")
     registry = CollectorRegistry()
     registry.register(PipelineCollector(get_runtime(), config.QUEUES))
     if port is None:
@@ -454,11 +578,8 @@ def serve_command(service: str, host: str, port: int | None, workers: int, log_l
     """Run the HTTP API (api) or an ML service (detection, embedding) with uvicorn."""
     import uvicorn
 
+    settings = _settings()
     if service == "api":
-        try:
-            settings = get_settings()
-        except ValueError as exc:
-            raise click.ClickException(f"configuration: {exc}") from None
         if settings.embedded:
             raise click.ClickException(
                 "the API publishes to a cluster: set AURUM_BROKER_URL (see the README's "
@@ -481,40 +602,89 @@ def serve_command(service: str, host: str, port: int | None, workers: int, log_l
 
 
 def _collect(
-    owners: list[str], submit: Callable[[int], Any], timeout: float, progress: bool
+    owners: list[str],
+    submit: Callable[[int], Any],
+    timeout: float,
+    progress: bool,
+    watch_for_workers: bool = False,
 ) -> list[dict[str, Any]]:
     """Submit every user's first image at once, each next image of a user once the one
-    before it has its result; the results in input order."""
-    sent: dict[int, Any] = {}
+    before it has its result; the results in input order. Progress counts finished jobs;
+    with ``watch_for_workers``, says so when no job has started after a few seconds."""
+    results: dict[int, dict[str, Any]] = {}
+    sent: dict[int, tuple[Any, float]] = {}
     later: dict[str, deque[int]] = {}
+
+    def send(i: int) -> None:
+        item = submit(i)
+        if isinstance(item, dict):  # refused before it was sent
+            finish(i, item)
+        else:
+            sent[i] = (item, time.monotonic())
+
+    def finish(i: int, out: dict[str, Any]) -> None:
+        results[i] = out
+        if later[owners[i]]:
+            send(later[owners[i]].popleft())
+
     for i, owner in enumerate(owners):
         if owner in later:
             later[owner].append(i)
         else:
             later[owner] = deque()
-            sent[i] = submit(i)
-    results: list[dict[str, Any]] = []
+    for i, owner in enumerate(owners):
+        if i not in results and i not in sent and owners.index(owner) == i:
+            send(i)
     bar = (
         click.progressbar(length=len(owners), label="scoring", file=sys.stderr)
         if progress
         else contextlib.nullcontext()
     )
+    warned = False
+    started = time.monotonic()
     with bar as ticks:
-        for i, owner in enumerate(owners):
-            item = sent.pop(i)
-            if isinstance(item, dict):
-                results.append(item)
-            else:
-                try:
-                    results.append(item.get(timeout=timeout))
-                except Exception as exc:  # AurumError after retries, a time-out, a crash
-                    results.append(_failure(exc))
-            if later[owner]:
-                following = later[owner].popleft()
-                sent[following] = submit(following)
-            if ticks is not None:
-                ticks.update(1)
-    return results
+        shown = 0
+        while len(results) < len(owners):
+            for i, (job, since) in list(sent.items()):
+                if job.ready():
+                    del sent[i]
+                    try:
+                        finish(i, job.get(timeout=10))
+                    except Exception as exc:  # AurumError after retries, a crash
+                        finish(i, _failure(exc))
+                elif time.monotonic() - since > timeout:
+                    del sent[i]
+                    _let_go(job)
+                    finish(i, _failure(TimeoutError(f"no result within {timeout:g} s")))
+            if ticks is not None and len(results) > shown:
+                ticks.update(len(results) - shown)
+                shown = len(results)
+            if (
+                watch_for_workers
+                and not warned
+                and time.monotonic() - started > NO_WORKER_AFTER_S
+                and sent
+                and all(job.state == "PENDING" for job, _ in sent.values())
+            ):
+                warned = True
+                click.echo(
+                    f"\nno job has started after {NO_WORKER_AFTER_S:g} s: "
+                    f"{_no_worker('detect')}; waiting up to {timeout:g} s per image",
+                    err=True,
+                )
+            time.sleep(0.05)
+    return [results[i] for i in range(len(owners))]
+
+
+NO_WORKER_AFTER_S = 5.0
+
+
+def _let_go(job: Any) -> None:
+    """Stop listening for a job given up on (no "Exception ignored in __del__" at exit)."""
+    with contextlib.suppress(Exception):
+        job.backend.remove_pending_result(job)
+    with contextlib.suppress(Exception):
+        job.forget()
 
 
 if __name__ == "__main__":

@@ -74,11 +74,13 @@ def get_score(runtime: Runtime, user_id: str) -> dict[str, Any] | None:
     return cached | _standing(runtime, cached.get("point_id")) | {"distribution": distribution}
 
 
-def similar(runtime: Runtime, user_id: str, k: int = 10) -> list[dict[str, Any]]:
+def similar(runtime: Runtime, user_id: str, k: int = 10) -> list[dict[str, Any]] | None:
     """The ``k`` other users whose faces are nearest to the user's latest face (nearest
-    first, one entry per user). Empty if the user has no stored face."""
+    first, one entry per user). None if the user has no stored face."""
     points = runtime.vectors.user_points(user_id)
-    if not points or k <= 0:
+    if not points:
+        return None
+    if k <= 0:
         return []
     _, vector, _ = points[0]
     hits = runtime.vectors.nearest_others(vector, user_id, limit=max(4 * k, 20))

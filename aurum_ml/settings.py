@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     result_expires_s: int = Field(86400, ge=60, validation_alias="RESULT_EXPIRES")
     compact_min_interval_s: int = Field(600, ge=0, validation_alias="COMPACT_MIN_INTERVAL")
 
-    # --- ML services (the seed's variables; used fully by the services issue) -------------
+    # --- ML services: detection and embedding over HTTP, and the fallback ----------------
     face_detection_service: str | None = Field(None, validation_alias="FACE_DETECTION_SERVICE")
     face_embedding_service: str | None = Field(None, validation_alias="FACE_EMBEDDING_SERVICE")
     ml_service_timeout: float = Field(10.0, gt=0, le=300, validation_alias="ML_SERVICE_TIMEOUT")

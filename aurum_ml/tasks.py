@@ -370,7 +370,7 @@ def get_score(user_id: str) -> dict[str, Any] | None:
 
 
 @app.task(base=PipelineTask, name="aurum_ml.similar")
-def similar(user_id: str, k: int = 10) -> list[dict[str, Any]]:
+def similar(user_id: str, k: int = 10) -> list[dict[str, Any]] | None:
     return queries.similar(get_runtime(), user_id, k)
 
 

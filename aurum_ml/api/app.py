@@ -464,7 +464,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         k: Annotated[int, Query(ge=1, le=100)] = 10,
     ) -> list[dict[str, Any]]:
         """The other users whose faces are nearest to the user's latest face."""
-        return list(_query(request, tasks.similar, _user(user_id), k))
+        out = _query(request, tasks.similar, _user(user_id), k)
+        if out is None:
+            raise ApiError(404, "not_found", "no stored face for this user")
+        return list(out)
 
     @app.get("/v1/leaderboard")
     def leaderboard(

@@ -119,3 +119,46 @@ def test_an_apps_own_celeryconfig_replaces_nothing_of_ours(tmp_path, photos, red
         assert redis_client.llen("embed") == 0  # ...and taken off the queue
     finally:
         redis_client.delete("detect", "embed", "celery")
+
+
+def test_sent_events_name_one_publisher_per_host(redis_client):
+    """Flower labels its series by an event's hostname: every publishing process (a CLI
+    run, an API process, a worker child) must not add a label of its own."""
+    import subprocess
+    import sys
+    import threading
+
+    from aurum_ml.celery_app import PUBLISHER
+
+    seen: list[str] = []
+    ready = threading.Event()
+
+    def listen() -> None:
+        with app.connection_for_read() as connection:
+            receiver = app.events.Receiver(
+                connection, handlers={"task-sent": lambda event: seen.append(event["hostname"])}
+            )
+            ready.set()
+            for _ in receiver.itercapture(limit=None, timeout=20, wakeup=False):
+                if len(seen) >= 2:
+                    return
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    time.sleep(1.5)  # the receiver is subscribed
+    try:
+        from aurum_ml.tasks import stats
+
+        stats.delay()  # this process
+        subprocess.run(
+            [sys.executable, "-c", "from aurum_ml.tasks import stats; stats.delay()"],
+            check=True,
+            timeout=60,
+        )  # another one
+        deadline = time.monotonic() + 20
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        redis_client.delete("maintenance")
+    assert seen == [PUBLISHER, PUBLISHER]
