@@ -10,7 +10,7 @@ setup: $(VENV)/.installed  ## create .venv and install the project with its test
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# setuptools advises on every editable install; that line is not about this project
+	@# setuptools advises on every editable install; that line is not about this project
 	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
