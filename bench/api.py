@@ -3,7 +3,7 @@
     python bench/api.py [--jobs 40]
 
 Both ways run in one run on the same workers (detect/embed/score on a prefork pool of 2, store
-on one thread, local Qdrant folder, Redis database 13):
+on one thread, local Qdrant folder, a Redis database of its own):
 
 - one job at a time: ``score_face.delay().get()`` vs ``POST /v1/score?wait=30`` — the
   median wall time per job, and the API's added cost (difference of the medians);
@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-BROKER = os.environ.get("AURUM_BENCH_REDIS", "redis://127.0.0.1:6379/13")
 PHOTOS = ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg")
 KEY = "bench-key-0123456789abcdef"
 
@@ -103,22 +102,26 @@ def main() -> None:
 
     import redis
     import requests
+    from redisdb import CLAIM_KEY, claim_redis_db
 
     from photos import fetch
     from report import write_section
+
+    broker = os.environ.get("AURUM_BENCH_REDIS") or claim_redis_db()
 
     photos = fetch()
     folder = Path(tempfile.mkdtemp(prefix="aurum-bench-api-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AURUM_", "QDRANT_"))}
     env.update(
-        AURUM_BROKER_URL=BROKER,
+        AURUM_BROKER_URL=broker,
         QDRANT_PATH=str(folder / "qdrant"),
         COOLDOWN_DAYS="0",
         AURUM_API_KEYS=f"bench:{KEY}",
         AURUM_API_RATE_LIMIT="100000/minute",
     )
     os.environ.update(env)  # this process submits with the same settings
-    redis.Redis.from_url(BROKER).flushdb()
+    redis.Redis.from_url(broker).flushdb()
+    redis.Redis.from_url(broker).set(CLAIM_KEY, os.getpid(), ex=7200)  # still ours
     port = _free_port()
     api = f"http://127.0.0.1:{port}"
     processes = _start(env, port)
@@ -182,7 +185,7 @@ def main() -> None:
         for process in processes:
             process.wait(60)
         shutil.rmtree(folder, ignore_errors=True)
-        redis.Redis.from_url(BROKER).flushdb()
+        redis.Redis.from_url(broker).flushdb()
 
     d50, a50 = statistics.median(delay_times) * 1000, statistics.median(api_times) * 1000
     added = a50 - d50

@@ -1,19 +1,26 @@
-"""Benchmark of the whole chain against the raw model loop, on the same photos.
+"""Benchmark of the whole chain against the raw model loop, on the same photos, the same
+number of processes, in one run.
 
-    python bench/pipeline.py [--jobs 60]
+    python bench/pipeline.py [--jobs 60] [--quick]
 
-- raw: detect + embed in one process, one photo after another (the model's own ceiling);
-- chain: `score_face` through real Redis and real worker processes (detect/embed/score on a
-  prefork pool of 2, store on its own single-thread worker, as with a local Qdrant folder),
-  all jobs submitted at once: faces/s, and the median / p95 of each stage and of the total.
+- raw: the plain library loop a user would write, on 2 processes (a multiprocessing pool):
+  decode the file, HOG on a ≤ DETECT_MAX_SIDE copy, 5 landmarks, the ResNet descriptor on
+  the full image — one decode per photo;
+- chain: ``score_face`` through real Redis and real worker processes (detect/embed/score on a
+  prefork pool of 2, store on its own single-thread worker, as with a local Qdrant folder):
+  saturated (every job submitted at once: faces/s) and at low load (one job at a time: p50
+  end to end), and the median / p95 of each stage.
 
-Not a test: reports medians and ratios measured in one run. Uses Redis database 13.
+Both on the test photos at their real sizes (0.9–3.3 MP) and resized to 640 px. Not a test:
+reports medians and ratios measured in one run. Uses a Redis
+database of its own (tests/redisdb.py), emptied at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import multiprocessing
 import os
 import platform
 import shutil
@@ -24,12 +31,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-BROKER = os.environ.get("AURUM_BENCH_REDIS", "redis://127.0.0.1:6379/13")
 PHOTOS = ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg")
+PROCESSES = 2
 
 
 def _p95(values: list[float]) -> float:
@@ -37,40 +46,48 @@ def _p95(values: list[float]) -> float:
     return ordered[int(0.95 * (len(ordered) - 1))]
 
 
-def _raw(photos: Path, rounds: int) -> float:
+_model = None
+
+
+def _raw_one(blob: bytes) -> float:
+    """One photo the plain way: decode once, detect, landmarks, descriptor."""
+    global _model
     from aurum_ml.backends.local import LocalFaceModel
+    from aurum_ml.imaging import decode_image
     from aurum_ml.settings import Settings
 
-    model = LocalFaceModel(Settings())
-    model.warm_up()
-    data = [(photos / name).read_bytes() for name in PHOTOS]
+    if _model is None:
+        _model = LocalFaceModel(Settings())
+        _model.warm_up()
     started = time.perf_counter()
-    for i in range(rounds):
-        blob = data[i % len(data)]
-        model.embed(blob, model.detect(blob)[0])
-    return rounds / (time.perf_counter() - started)
+    image = decode_image(blob, _model.settings)
+    face = _model.detect_image(image)[0]
+    _model.embed_image(image, face)
+    return time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--jobs", type=int, default=60)
-    args = parser.parse_args()
+def _raw(blobs: list[bytes], rounds: int) -> tuple[float, float]:
+    """(faces/s on PROCESSES processes, median seconds per photo)."""
+    with multiprocessing.get_context("fork").Pool(PROCESSES) as pool:
+        pool.map(_raw_one, blobs * PROCESSES)  # warm: models loaded in both
+        started = time.perf_counter()
+        times = pool.map(_raw_one, [blobs[i % len(blobs)] for i in range(rounds)], chunksize=1)
+        return rounds / (time.perf_counter() - started), statistics.median(times)
 
-    from photos import fetch
-    from report import write_section
 
-    photos = fetch()
-    raw_rate = _raw(photos, rounds=20)
-    folder = Path(tempfile.mkdtemp(prefix="aurum-bench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AURUM_", "QDRANT_"))}
-    env.update(AURUM_BROKER_URL=BROKER, QDRANT_PATH=str(folder / "qdrant"), COOLDOWN_DAYS="0")
-    os.environ.update(env)  # this process submits with the same settings
+def _resized(photos: Path, side: int) -> list[bytes]:
+    out = []
+    for name in PHOTOS:
+        image = cv2.imread(str(photos / name))
+        scale = side / max(image.shape[:2])
+        small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        out.append(cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes())
+    return out
 
-    import redis
 
-    redis.Redis.from_url(BROKER).flushdb()
+def _workers(env: dict[str, str]) -> list[subprocess.Popen]:
     celery = str(Path(sys.executable).parent / "celery")
-    workers = [
+    return [
         subprocess.Popen(
             [
                 celery,
@@ -95,57 +112,109 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
         for name, queues, c, pool in (
-            ("stages", "detect,embed,score", 2, "prefork"),
+            ("stages", "detect,embed,score", PROCESSES, "prefork"),
             ("store", "store,maintenance", 1, "threads"),
         )
     ]
-    try:
-        from aurum_ml.tasks import score_face
 
-        images = [base64.b64encode((photos / n).read_bytes()).decode() for n in PHOTOS]
-        warm = [score_face.delay(images[i % 4], user_id=f"warm-{i}") for i in range(4)]
-        for job in warm:  # loads the models in every worker process
-            job.get(timeout=120)
+
+def _chain(blobs: list[bytes], jobs: int, low_load: int, tag: str) -> dict:
+    from aurum_ml.tasks import score_face
+
+    images = [base64.b64encode(b).decode() for b in blobs]
+    warm = [score_face.delay(images[i % 4], user_id=f"warm-{tag}-{i}") for i in range(4)]
+    for job in warm:  # loads the models in every worker process
+        job.get(timeout=120)
+    one_by_one = []
+    for i in range(low_load):
         started = time.perf_counter()
-        jobs = [score_face.delay(images[i % 4], user_id=f"bench-{i}") for i in range(args.jobs)]
-        results = [job.get(timeout=600) for job in jobs]
-        wall = time.perf_counter() - started
+        out = score_face.delay(images[i % 4], user_id=f"low-{tag}-{i}").get(timeout=120)
+        assert out["status"] == "scored", out
+        one_by_one.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    sent = [score_face.delay(images[i % 4], user_id=f"sat-{tag}-{i}") for i in range(jobs)]
+    results = [job.get(timeout=600) for job in sent]
+    wall = time.perf_counter() - started
+    assert all(r["status"] == "scored" for r in results), "every bench job must score"
+    return {"rate": jobs / wall, "low_p50": statistics.median(one_by_one), "results": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=60)
+    parser.add_argument("--quick", action="store_true", help="fewer jobs (a smoke run)")
+    args = parser.parse_args()
+    jobs, low, rounds = (16, 4, 16) if args.quick else (args.jobs, 12, 40)
+
+    from redisdb import CLAIM_KEY, claim_redis_db
+
+    from photos import fetch
+    from report import write_section
+
+    broker = os.environ.get("AURUM_BENCH_REDIS") or claim_redis_db()
+
+    photos = fetch()
+    sets = {
+        "real size (0.9–3.3 MP)": [(photos / n).read_bytes() for n in PHOTOS],
+        "640 px": _resized(photos, 640),
+    }
+    raw = {label: _raw(blobs, rounds) for label, blobs in sets.items()}
+
+    folder = Path(tempfile.mkdtemp(prefix="aurum-bench-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AURUM_", "QDRANT_"))}
+    env.update(AURUM_BROKER_URL=broker, QDRANT_PATH=str(folder / "qdrant"), COOLDOWN_DAYS="0")
+    os.environ.update(env)  # this process submits with the same settings
+
+    import redis
+
+    redis.Redis.from_url(broker).flushdb()
+    redis.Redis.from_url(broker).set(CLAIM_KEY, os.getpid(), ex=7200)  # still ours
+    workers = _workers(env)
+    try:
+        chain = {
+            label: _chain(blobs, jobs, low, str(i)) for i, (label, blobs) in enumerate(sets.items())
+        }
     finally:
         for worker in workers:
             worker.terminate()
         for worker in workers:
             worker.wait(60)
         shutil.rmtree(folder, ignore_errors=True)
-        redis.Redis.from_url(BROKER).flushdb()
+        redis.Redis.from_url(broker).flushdb()
 
-    assert all(r["status"] == "scored" for r in results), "every bench job must score"
-    rate = args.jobs / wall
-    rows = []
-    for stage in ("detect", "embed", "score", "store", "total"):
-        values = [r["timings_ms"][stage] for r in results]
-        rows.append(f"| {stage} | {statistics.median(values):.0f} | {_p95(values):.0f} |")
     lines = [
-        f"Photos: {', '.join(PHOTOS)} in turn (0.9–3.3 MP JPEGs); {args.jobs} jobs submitted at "
-        f"once to real Redis; workers: detect/embed/score on a prefork pool of 2, store on one "
-        f"thread (local Qdrant folder). Machine: {os.cpu_count()} cores, Python "
+        f"Photos: {', '.join(PHOTOS)} in turn, at their real sizes and resized to 640 px. Both "
+        f"ways on {PROCESSES} processes on the same {os.cpu_count()} cores, in one run. Raw loop: "
+        "decode once, HOG on a ≤ 1280 px copy, 5 landmarks, descriptor (a multiprocessing pool "
+        f"of {PROCESSES}). Chain: `score_face` through real Redis, detect/embed/score on a "
+        f"prefork pool of {PROCESSES}, store on one thread (local Qdrant folder); saturated = "
+        f"{jobs} jobs submitted at once, low load = one job at a time. Python "
         f"{platform.python_version()}.",
         "",
-        "| | faces/s | × raw loop |",
-        "|---|---:|---:|",
-        f"| raw loop (detect + embed, 1 process) | {raw_rate:.1f} | 1.00 |",
-        f"| full chain (Celery, Redis, Qdrant) | {rate:.1f} | {rate / raw_rate:.2f} |",
+        "| photos | raw loop faces/s | chain faces/s | × raw | raw s/photo (p50) | "
+        "chain one job at a time (p50) | − raw |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label in sets:
+        rate, per_photo = raw[label]
+        c = chain[label]
+        lines.append(
+            f"| {label} | {rate:.1f} | {c['rate']:.1f} | {c['rate'] / rate:.2f} | "
+            f"{per_photo * 1000:.0f} ms | {c['low_p50'] * 1000:.0f} ms | "
+            f"{(c['low_p50'] - per_photo) * 1000:+.0f} ms |"
+        )
+    lines += [
         "",
-        f"The chain runs 2 model processes on the 2 cores: {rate / 2:.1f} faces/s each, "
-        f"{rate / 2 / raw_rate:.0%} of the raw loop's rate (the rest: decoding the image in "
-        "each stage, quality, Redis, Qdrant, and the Celery round trips on the same cores).",
-        "",
-        "Per job (ms); `total` includes queue waits, so with every job submitted at once it",
-        "grows with the backlog:",
+        "Per stage at saturation, real-size photos (ms; `total` includes queue waits, so it",
+        "grows with the backlog):",
         "",
         "| stage | median | p95 |",
         "|---|---:|---:|",
-        *rows,
     ]
+    results = chain[next(iter(sets))]["results"]
+    for stage in ("detect", "embed", "score", "store", "total"):
+        values = [r["timings_ms"][stage] for r in results]
+        lines.append(f"| {stage} | {statistics.median(values):.0f} | {_p95(values):.0f} |")
     write_section("pipeline", "The whole chain vs the raw model loop (`make bench`)", lines)
 
 

@@ -19,28 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-CLAIM_KEY = "aurum:test:claimed-by"
-
-
-def claim_redis_db(exclude: tuple[str, ...] = ()) -> str:
-    """The URL of an empty Redis database, claimed for this process (see the docstring)."""
-    import redis
-
-    for db in range(15, 7, -1):
-        url = f"redis://127.0.0.1:6379/{db}"
-        if url in exclude:
-            continue
-        client = redis.Redis.from_url(url)
-        try:
-            if client.dbsize() == 0 and client.set(CLAIM_KEY, os.getpid(), nx=True, ex=7200):
-                return url
-        except redis.ConnectionError:
-            return url  # the redis_client fixture says Redis is down
-        finally:
-            client.close()
-    raise RuntimeError("no empty Redis database among 8-15 on 127.0.0.1:6379: set AURUM_TEST_REDIS")
-
+from redisdb import CLAIM_KEY, claim_redis_db  # noqa: E402
 
 TEST_REDIS = os.environ.get("AURUM_TEST_REDIS") or claim_redis_db()
 _QDRANT_DIR = tempfile.mkdtemp(prefix="aurum-test-qdrant-")

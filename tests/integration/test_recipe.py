@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
-
-from conftest import claim_redis_db
+from redisdb import CLAIM_KEY, claim_redis_db
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +45,7 @@ def recipe_redis() -> Iterator[str]:
     )
     client = redis.Redis.from_url(url)
     client.flushdb()
-    client.set("aurum:test:claimed-by", os.getpid(), ex=7200)  # still ours
+    client.set(CLAIM_KEY, os.getpid(), ex=7200)  # still ours
     yield url
     client.flushdb()
 
