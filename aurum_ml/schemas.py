@@ -21,6 +21,7 @@ from pydantic import (
     StrictBool,
     StrictBytes,
     StrictStr,
+    model_validator,
 )
 
 from aurum_ml.errors import Reason
@@ -265,12 +266,27 @@ class GivenFace(BaseModel):
 
 
 class ExtractRequest(BaseModel):
+    """The whole image (with ``face``, or the largest face), or the aligned chip alone."""
+
     model_config = ConfigDict(extra="forbid")
 
-    image_base64: str
+    image_base64: str | None = Field(None, description="the image, base64")
     face: GivenFace | None = Field(
         None, description="align from these landmarks; without it, embed the largest face"
     )
+    chip_base64: str | None = Field(
+        None,
+        description="instead of the image: the aligned 150 × 150 RGB face chip as a PNG, "
+        "base64 — the descriptor runs on it directly (what the pipeline sends: ~40 KB)",
+    )
+
+    @model_validator(mode="after")
+    def _one_input(self) -> ExtractRequest:
+        if (self.image_base64 is None) == (self.chip_base64 is None):
+            raise ValueError("send exactly one of image_base64 and chip_base64")
+        if self.chip_base64 is not None and self.face is not None:
+            raise ValueError("face goes with image_base64; a chip is already aligned")
+        return self
 
 
 class ExtractResponse(BaseModel):

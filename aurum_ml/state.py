@@ -5,7 +5,9 @@ Keys (all expire after ``IMAGE_TTL_SECONDS``):
 - ``aurum:img:{sha256}``     the image bytes, stored once however many jobs use them;
 - ``aurum:imgref:{sha256}``  the set of job ids still needing them — the bytes are deleted
   when the last job is stored, so two concurrent jobs on one photo never starve each other;
-- ``aurum:vec:{job_id}``     the job's embedding (float32 bytes) between embed and store.
+- ``aurum:vec:{job_id}``     the job's embedding (float32 bytes) between embed and store;
+- ``aurum:chip:{job_id}``    the aligned 150 × 150 face chip (RGB bytes, 67.5 KB) the detect
+  stage cut, for the embed stage: the only stage after detect that needs pixels.
 
 In the embedded default the same code runs on an in-process fakeredis server.
 This module is where redis-py exceptions become :class:`StateUnavailable`.
@@ -90,6 +92,22 @@ class PipelineState:
             raise ImageExpired("the image is no longer stored (its TTL passed); submit it again")
         return bytes(data)
 
+    @staticmethod
+    def _chip_key(job_id: str) -> str:
+        return f"aurum:chip:{job_id}"
+
+    def put_chip(self, job_id: str, chip: np.ndarray) -> None:
+        with redis_errors():
+            self.redis.set(self._chip_key(job_id), np.ascontiguousarray(chip).tobytes(),
+                           ex=self.ttl_s)  # fmt: skip
+
+    def get_chip(self, job_id: str, side: int = 150) -> np.ndarray | None:
+        with redis_errors():
+            data = self.redis.get(self._chip_key(job_id))
+        if data is None or len(data) != side * side * 3:
+            return None
+        return np.frombuffer(data, dtype=np.uint8).reshape(side, side, 3).copy()
+
     def put_embedding(self, job_id: str, vector: np.ndarray) -> None:
         with redis_errors():
             self.redis.set(
@@ -110,7 +128,7 @@ class PipelineState:
     def drop(self, sha256s: list[str], job_ids: list[str]) -> int:
         """Delete images and embeddings outright (erasure); returns the keys deleted."""
         keys = [self._image_key(s) for s in sha256s] + [self._refs_key(s) for s in sha256s]
-        keys += [self._vector_key(j) for j in job_ids]
+        keys += [self._vector_key(j) for j in job_ids] + [self._chip_key(j) for j in job_ids]
         if not keys:
             return 0
         with redis_errors():
@@ -125,7 +143,7 @@ class PipelineState:
             remaining = set(pipe.smembers(refs)) - {job_id.encode()}
             pipe.multi()
             pipe.srem(refs, job_id)
-            pipe.delete(self._vector_key(job_id))
+            pipe.delete(self._vector_key(job_id), self._chip_key(job_id))
             if not remaining:
                 pipe.delete(self._image_key(sha256), refs)
 

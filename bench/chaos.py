@@ -356,10 +356,11 @@ def group_rss_mb(pid: int) -> float:
 
 
 def leftovers(stack: Stack) -> dict[str, int]:
-    """Biometric keys still in Redis (images, vectors) once every job has ended."""
+    """Biometric keys still in Redis (images, face chips, vectors) once every job has ended."""
     client = stack.redis.client()
     return {
         "images": len(list(client.scan_iter("aurum:img:*"))),
+        "chips": len(list(client.scan_iter("aurum:chip:*"))),
         "vectors": len(list(client.scan_iter("aurum:vec:*"))),
     }
 

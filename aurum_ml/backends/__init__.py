@@ -63,3 +63,8 @@ class FaceBackend(Protocol):
     def embed(self, data: bytes, face: Detection) -> np.ndarray:
         """A float32 vector of length ``dim`` for ``face`` in the encoded image."""
         ...
+
+    def embed_chip(self, chip: np.ndarray) -> np.ndarray:
+        """The same vector from the face's aligned 150 × 150 RGB chip (see
+        :func:`aurum_ml.backends.local.face_chip`): what the pipeline's embed stage sends."""
+        ...

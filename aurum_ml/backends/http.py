@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any
 
+import cv2
 import numpy as np
 import requests
 from pydantic import BaseModel, ValidationError
@@ -152,6 +153,20 @@ class HttpFaceBackend:
             )
             for f in answer.faces
         ]
+
+    def embed_chip(self, chip: np.ndarray) -> np.ndarray:
+        """POST the aligned chip (lossless PNG, ~40 KB instead of the whole photo)."""
+        if self.embedding is None:
+            raise ServiceError("no embedding service configured")
+        ok, png = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(chip), cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise ServiceError("could not encode the face chip")
+        answer: ExtractResponse = self.embedding.call(
+            "/extract",
+            {"chip_base64": base64.b64encode(png.tobytes()).decode("ascii")},
+            ExtractResponse,
+        )
+        return np.asarray(answer.embedding, dtype=np.float32)
 
     def embed(self, data: bytes, face: Detection) -> np.ndarray:
         if self.embedding is None:

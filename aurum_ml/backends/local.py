@@ -21,7 +21,7 @@ import numpy as np
 
 from aurum_ml.backends import Detection
 from aurum_ml.errors import ConfigError
-from aurum_ml.imaging import decode_scaled
+from aurum_ml.imaging import Decoded, decode_scaled
 from aurum_ml.settings import Settings
 
 __all__ = ["DETECTOR_ID", "MODEL_ID", "LocalFaceModel", "model_dir"]
@@ -92,8 +92,7 @@ class LocalFaceModel:
     def detect(self, data: bytes) -> list[Detection]:
         """Decode (limits checked, far larger images at reduced scale) and find faces; see
         :meth:`detect_image`. Coordinates are those of the full-size image."""
-        decoded = decode_scaled(data, self.settings)
-        return [face.scaled(decoded.scale) for face in self.detect_image(decoded.image)]
+        return self.detect_decoded(decode_scaled(data, self.settings))
 
     def embed(self, data: bytes, face: Detection) -> np.ndarray:
         """Decode as :meth:`detect` does and describe ``face`` (full-size coordinates)."""
@@ -150,18 +149,30 @@ class LocalFaceModel:
 
     def align(self, image: np.ndarray, face: Detection) -> np.ndarray:
         """The aligned 150×150 RGB face chip the descriptor is computed on."""
-        import dlib
-
-        x1, y1, x2, y2 = face.box
-        shape = dlib.full_object_detection(
-            dlib.rectangle(x1, y1, x2, y2), [dlib.point(x, y) for x, y in face.landmarks]
-        )
-        return np.asarray(dlib.get_face_chip(image, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
+        return face_chip(image, face)
 
     def embed_image(self, image: np.ndarray, face: Detection) -> np.ndarray:
         """128 floats (Euclidean distance < 0.6 ≈ same person; norm ≈ 1.4, not unit)."""
+        return self.embed_chip(face_chip(image, face))
+
+    def embed_chip(self, chip: np.ndarray) -> np.ndarray:
+        """The descriptor of an aligned chip (:func:`face_chip`): no decode, no alignment."""
         with self._lock:
-            models = self._load()
-            chip = self.align(image, face)
-            vector = models["resnet"].compute_face_descriptor(chip)
+            vector = self._load()["resnet"].compute_face_descriptor(np.ascontiguousarray(chip))
         return np.asarray(vector, dtype=np.float32)
+
+    def detect_decoded(self, decoded: Decoded) -> list[Detection]:
+        """:meth:`detect` on pixels already decoded (full-size coordinates)."""
+        return [face.scaled(decoded.scale) for face in self.detect_image(decoded.image)]
+
+
+def face_chip(image: np.ndarray, face: Detection) -> np.ndarray:
+    """The aligned 150 × 150 RGB chip of ``face`` (coordinates of ``image``), as dlib cuts it
+    from the 5 landmarks. Geometry only: no model is loaded."""
+    import dlib
+
+    x1, y1, x2, y2 = face.box
+    shape = dlib.full_object_detection(
+        dlib.rectangle(x1, y1, x2, y2), [dlib.point(x, y) for x, y in face.landmarks]
+    )
+    return np.asarray(dlib.get_face_chip(image, shape, size=CHIP_SIZE, padding=CHIP_PADDING))

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from aurum_ml.backends import Detection
-from aurum_ml.imaging import decode_image
+from aurum_ml.imaging import Decoded, decode_image
 from aurum_ml.settings import Settings
 
 __all__ = ["SimulatedBackend"]
@@ -36,17 +36,30 @@ class SimulatedBackend:
         self.settings = settings
 
     def detect(self, data: bytes) -> list[Detection]:
-        image = decode_image(data, self.settings)
+        return self._square(decode_image(data, self.settings))
+
+    @staticmethod
+    def _square(image: np.ndarray) -> list[Detection]:
         height, width = image.shape[:2]
         side = int(0.6 * min(height, width))
         x1, y1 = (width - side) // 2, (height - side) // 2
         landmarks = tuple((x1 + round(fx * side), y1 + round(fy * side)) for fx, fy in _CANONICAL)
         return [Detection(box=(x1, y1, x1 + side, y1 + side), landmarks=landmarks, score=1.0)]
 
+    def detect_decoded(self, decoded: Decoded) -> list[Detection]:
+        return [f.scaled(decoded.scale) for f in self._square(decoded.image)]
+
     def embed(self, data: bytes, face: Detection) -> np.ndarray:
         image = decode_image(data, self.settings)
         x1, y1, x2, y2 = face.box
-        crop = cv2.cvtColor(image[y1:y2, x1:x2], cv2.COLOR_RGB2GRAY)
+        return self._vector(image[y1:y2, x1:x2])
+
+    def embed_chip(self, chip: np.ndarray) -> np.ndarray:
+        return self._vector(chip)
+
+    @staticmethod
+    def _vector(crop_rgb: np.ndarray) -> np.ndarray:
+        crop = cv2.cvtColor(np.ascontiguousarray(crop_rgb), cv2.COLOR_RGB2GRAY)
         small = cv2.resize(crop, (8, 16), interpolation=cv2.INTER_AREA).astype(np.float64).ravel()
         small -= small.mean()
         norm = float(np.linalg.norm(small)) or 1.0

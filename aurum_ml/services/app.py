@@ -20,6 +20,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
+import cv2
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -27,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aurum_ml import __version__
-from aurum_ml.backends.local import LocalFaceModel
+from aurum_ml.backends.local import CHIP_SIZE, LocalFaceModel
 from aurum_ml.errors import BadInput
 from aurum_ml.imaging import Decoded, decode_base64, decode_scaled
 from aurum_ml.schemas import Health, ServiceErrorBody
@@ -158,6 +160,18 @@ def request_image(image_base64: str, settings: Settings) -> Decoded:
         return decode_scaled(decode_base64(image_base64, settings), settings)
     except BadInput as exc:
         raise bad_input(exc) from None
+
+
+def request_chip(chip_base64: str, settings: Settings) -> np.ndarray:
+    """The request's face chip: a 150 × 150 RGB PNG (or any lossless image of that size)."""
+    try:
+        data = decode_base64(chip_base64, settings)
+    except BadInput as exc:
+        raise bad_input(exc) from None
+    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if pixels is None or pixels.shape[:2] != (CHIP_SIZE, CHIP_SIZE):
+        raise ServiceError(400, "invalid_image", f"a chip is a {CHIP_SIZE} × {CHIP_SIZE} image")
+    return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
 
 
 def create_service(

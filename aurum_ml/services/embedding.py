@@ -8,7 +8,13 @@ from fastapi import APIRouter, FastAPI
 
 from aurum_ml.backends import Detection
 from aurum_ml.schemas import ExtractRequest, ExtractResponse
-from aurum_ml.services.app import LoadedModel, ServiceError, create_service, request_image
+from aurum_ml.services.app import (
+    LoadedModel,
+    ServiceError,
+    create_service,
+    request_chip,
+    request_image,
+)
 from aurum_ml.settings import Settings
 
 routes = APIRouter()
@@ -19,6 +25,15 @@ routes = APIRouter()
 def extract(request: ExtractRequest, model: LoadedModel) -> ExtractResponse:
     """With ``face``: align from its landmarks (no detection). Without: the largest face."""
     started = time.perf_counter()
+    if request.chip_base64 is not None:
+        vector = model.embed_chip(request_chip(request.chip_base64, model.settings))
+        return ExtractResponse(
+            embedding=[float(v) for v in vector],
+            dim=len(vector),
+            model=model.model,
+            processing_time_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+    assert request.image_base64 is not None  # the schema requires one of the two
     decoded = request_image(request.image_base64, model.settings)
     image = decoded.image
     if request.face is not None:  # given in the coordinates of the image as sent

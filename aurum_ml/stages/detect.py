@@ -1,11 +1,19 @@
-"""detect: the job's image → the one face to score (box, 5 landmarks), or a rejection."""
+"""detect: the job's image → the one face to score (box, 5 landmarks), or a rejection.
+
+The only stage that decodes the image: while the pixels are decoded it also computes what
+the later stages need from them — the quality measurements (carried in the job) and the
+aligned 150 px face chip (``aurum:chip:{job_id}``, for the embed stage). Embed then runs the
+descriptor on the chip alone, and score needs no pixels at all."""
 
 from __future__ import annotations
 
 import time
 
 from aurum_ml.backends import Detection, FaceBackend
+from aurum_ml.backends.local import face_chip
 from aurum_ml.errors import BadInput
+from aurum_ml.imaging import decode_scaled
+from aurum_ml.quality import measure_quality
 from aurum_ml.schemas import Face, Job
 from aurum_ml.settings import Settings
 from aurum_ml.state import PipelineState
@@ -17,8 +25,11 @@ def detect(job: Job, *, state: PipelineState, backend: FaceBackend, settings: Se
     if job.status == "rejected":
         return job
     started = time.perf_counter()
+    data = state.get_image(job.image_sha256)
     try:
-        faces = backend.detect(state.get_image(job.image_sha256))
+        decoded = decode_scaled(data, settings)
+        in_process = getattr(backend, "detect_decoded", None)  # local, simulated: no 2nd decode
+        faces = in_process(decoded) if in_process else backend.detect(data)
     except BadInput as exc:
         return job.reject(exc.reason, exc.message)
     elapsed = (time.perf_counter() - started) * 1000
@@ -43,7 +54,18 @@ def detect(job: Job, *, state: PipelineState, backend: FaceBackend, settings: Se
             f"the face is {face.width}×{face.height} px; at least {settings.min_face_px} px "
             "is needed",
         )
-    return job
+    seen = face.scaled(1 / decoded.scale)  # in decoded pixels
+    quality = measure_quality(decoded.image, face_of(seen))
+    if decoded.scale > 1:  # sizes are reported in the full image's pixels
+        quality.face_width_px, quality.face_height_px = face.width, face.height
+    state.put_chip(job.job_id, face_chip(decoded.image, seen))
+    elapsed = (time.perf_counter() - started) * 1000
+    return job.model_copy(
+        update={
+            "quality": quality,
+            "timings_ms": job.timings_ms.model_copy(update={"detect": round(elapsed, 1)}),
+        }
+    )
 
 
 def face_of(detection: Detection) -> Face:

@@ -16,8 +16,12 @@ def embed(job: Job, *, state: PipelineState, backend: FaceBackend) -> Job:
     if job.status == "rejected" or job.face is None:
         return job
     started = time.perf_counter()
+    chip = state.get_chip(job.job_id)  # cut by the detect stage: no decode here
     try:
-        vector = backend.embed(state.get_image(job.image_sha256), detection_of(job.face))
+        if chip is not None:
+            vector = backend.embed_chip(chip)
+        else:  # detected before chips were handed on (a job in flight across an upgrade)
+            vector = backend.embed(state.get_image(job.image_sha256), detection_of(job.face))
     except BadInput as exc:
         return job.reject(exc.reason, exc.message)
     state.put_embedding(job.job_id, vector)

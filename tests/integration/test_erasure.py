@@ -121,6 +121,7 @@ def test_the_fallback_rescore_never_stores_an_erased_user(
     assert job_id not in runtime.degraded.pending()
     assert redis_client.keys(f"aurum:degraded:job:{job_id}") == []
     assert redis_client.keys("aurum:img*") == [] and redis_client.keys("aurum:vec:*") == []
+    assert redis_client.keys("aurum:chip:*") == []
     rescored = tasks.rescore_degraded.delay().get(timeout=TIMEOUT)  # what recovery sends
     assert job_id not in rescored["rescored"]
     assert runtime.vectors.user_points("u-erase-degraded") == []
@@ -232,6 +233,7 @@ def test_a_failed_job_releases_the_cooldown_and_its_image(
         redis_client.get("aurum:user:u-fails:cooldown") is not None
         or redis_client.keys("aurum:img*")
         or redis_client.keys("aurum:vec:*")
+        or redis_client.keys("aurum:chip:*")
     ):
         assert time.monotonic() < deadline, "the reservation, image or vector was kept"
         time.sleep(0.05)

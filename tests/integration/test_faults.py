@@ -28,7 +28,7 @@ def _no_job_lost(summary: dict, jobs: int) -> None:
     assert summary["unresolved"] == 0, summary
     assert summary["outcomes"] == {"scored": jobs}, summary  # none failed, none rejected
     assert summary["faces_in_index"] == jobs, summary  # each stored exactly once
-    assert summary["leftovers"] == {"images": 0, "vectors": 0}, summary
+    assert summary["leftovers"] == {"images": 0, "chips": 0, "vectors": 0}, summary
     # forget is total after the faults: no face, key or value names a user of the run
     assert summary["forgotten"] == jobs and summary["faces_after_forget"] == 0, summary
     assert summary["mentions_after_forget"] == 0, summary
@@ -116,3 +116,30 @@ def test_a_retry_that_cannot_be_published_is_requeued_not_dropped():
     finally:
         stage.pop_request()
     assert rejected.value.requeue is True
+
+
+def test_only_the_detect_stage_reads_the_image(runtime, model, photos):
+    """Detect decodes once and hands on the chip and the quality: with the image gone after
+    detect, embed and score still run — and give the whole-image path's vector."""
+    from aurum_ml.backends.local import face_chip
+    from aurum_ml.imaging import decode_image
+    from aurum_ml.schemas import Job
+    from aurum_ml.stages.detect import detection_of
+
+    data = (photos / "obama3.jpg").read_bytes()
+    sha = "c" * 64
+    runtime.state.put_image(sha, data, "job-once")
+    job = Job(job_id="job-once", status="pending", user_id="u-once", image_sha256=sha,
+              submitted_at=time.time())  # fmt: skip
+    detected = runtime.detect(job, runtime.local)
+    assert detected.quality is not None and runtime.state.get_chip("job-once") is not None
+    runtime.state.redis.delete(f"aurum:img:{sha}")  # nothing after detect may need it
+    embedded = runtime.embed(detected, runtime.local)
+    scored = runtime.score(embedded)
+    assert scored.status == "pending" and scored.score is not None
+    image = decode_image(data, runtime.settings)
+    whole = model.embed_chip(face_chip(image, detection_of(detected.face)))
+    assert np.max(np.abs(runtime.state.get_embedding("job-once") - whole)) < 1e-6
+    runtime.index.withdraw(scored.point_id)
+    runtime.state.release(sha, "job-once")
+    assert runtime.state.get_chip("job-once") is None

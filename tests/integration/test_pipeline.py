@@ -20,7 +20,11 @@ def _score(data: bytes | str, user_id: str, **options) -> dict:
 
 
 def _leftovers(redis_client) -> list[bytes]:
-    return redis_client.keys("aurum:img*") + redis_client.keys("aurum:vec:*")
+    return (
+        redis_client.keys("aurum:img*")
+        + redis_client.keys("aurum:vec:*")
+        + redis_client.keys("aurum:chip:*")
+    )
 
 
 def test_a_photo_is_scored_with_every_field(pipeline_worker, photos, runtime, redis_client):

@@ -213,3 +213,32 @@ def test_health_proves_the_token_is_accepted(detection_url, embedding_url):
     right = health(TOKEN)
     assert right.returncode == 0, right.stdout
     assert {e["status"] for e in json.loads(right.stdout).values()} == {"ok"}
+
+
+def test_a_chip_gives_the_same_vector_in_process_and_through_the_service(
+    embedding_url, photos, model, settings
+):
+    """The embed stage sends the detect stage's aligned chip (not the photo): the service's
+    vector equals the in-process one to 1e-6, and both equal the whole-image path's."""
+    from aurum_ml.backends.http import HttpFaceBackend
+    from aurum_ml.backends.local import face_chip
+
+    from servers import TOKEN
+
+    image = read_rgb(photos / "obama2.jpg")
+    face = model.detect_image(image)[0]
+    chip = face_chip(image, face)
+    assert chip.shape == (150, 150, 3)
+    local = model.embed_chip(chip)
+    service = HttpFaceBackend(
+        settings.model_copy(update={"ml_service_token": TOKEN}), None, embedding_url
+    ).embed_chip(chip)
+    assert np.max(np.abs(local - service)) < 1e-6
+    assert np.max(np.abs(local - model.embed_image(image, face))) < 1e-6
+
+
+def test_a_chip_that_is_not_one_is_a_400(embedding_url, auth):
+    answer = _post(embedding_url, "/extract", {"chip_base64": b64(one_pixel_png())}, auth)
+    assert (answer.status_code, answer.json()["error"]) == (400, "invalid_image")
+    both = _post(embedding_url, "/extract", {"chip_base64": "AAAA", "image_base64": "AAAA"}, auth)
+    assert both.status_code == 422
