@@ -141,6 +141,7 @@ class ScoreIndex:
 
     def _count_in(self, pipe: Any, point_id: str, u: np.ndarray, typicality: float) -> None:
         pipe.zadd(self._rank_key, {point_id: typicality})
+        pipe.srem(self._gone_key, point_id)  # stored again after an erasure: not gone now
         for i, value in enumerate(u):
             pipe.hincrbyfloat(self._sum_key, str(i), float(value))
         pipe.hincrby(self._sum_key, "n", 1)
@@ -327,6 +328,112 @@ class ScoreIndex:
                 self.redis.hset(self._vibes_key, "scale", reference.scale.tobytes())
         return bool(created)
 
+    # --- the streamed re-rank (aurum_ml.rerank) ---------------------------------------------
+    @property
+    def _staging_key(self) -> str:
+        return f"{self._prefix}:rank:next"
+
+    def stage_clear(self) -> None:
+        with redis_errors():
+            self.redis.delete(self._staging_key)
+
+    def stage(self, ids: Sequence[str], typicalities: np.ndarray) -> None:
+        """Add a batch of recomputed typicalities to the staging sorted set."""
+        if ids:
+            with redis_errors():
+                mapping = {pid: float(t) for pid, t in zip(ids, typicalities, strict=True)}
+                self.redis.zadd(self._staging_key, mapping)
+
+    def swap_staged(
+        self,
+        total: np.ndarray,
+        count: int,
+        stats: dict[str, Any],
+        gone_before: set[str],
+        vectors: Any,
+    ) -> int | None:
+        """Make the staged typicalities the live ones, atomically (WATCH on the sorted set),
+        and the running sum that of the staged faces (``total``, ``count``) plus the faces
+        that entered meanwhile and are real — stored in Qdrant, or placed and pending —
+        which keep their own typicality. Live entries that are neither (a placement whose
+        job vanished) are dropped, so the index heals. None, and nothing changed, when a
+        staged face was erased meanwhile: its vector is in ``total`` and gone from
+        everywhere, so the caller re-runs the re-rank. Returns the faces in the index."""
+        staging, late_key = self._staging_key, f"{self._prefix}:rank:late"
+
+        def swap(pipe: Any) -> int | None:
+            erased = sorted(self._members_of(pipe.smembers(self._gone_key)) - gone_before)
+            if erased and any(t is not None for t in pipe.zmscore(staging, erased)):
+                return None
+            late = sorted(self._members_of(pipe.zdiff([self._rank_key, staging])))
+            scores = pipe.zmscore(self._rank_key, late) if late else []
+            fetched = vectors.vectors_of(late) if late else {}
+            units = {pid: unit(v) for pid, v in fetched.items()}
+            units |= self.pending_units(p for p in late if p not in units)
+            kept = {
+                p: float(t)
+                for p, t in zip(late, scores, strict=True)
+                if p in units and t is not None
+            }
+            grand = total + sum((units[p] for p in kept), np.zeros(self.dim))
+            sums: dict[str | bytes, str | int] = {
+                str(i): repr(float(v)) for i, v in enumerate(grand)
+            }
+            sums["n"] = count + len(kept)
+            pipe.multi()
+            pipe.delete(late_key)
+            if kept:
+                pipe.zadd(late_key, kept)
+            pipe.zunionstore(self._rank_key, [staging, late_key])
+            pipe.delete(self._sum_key, staging, late_key)
+            pipe.hset(self._sum_key, mapping=sums)
+            if stats.get("distribution") is not None:
+                pipe.set(self._stats_key, json.dumps(stats))
+            else:  # nothing stored: no distribution to speak of
+                pipe.delete(self._stats_key)
+            return count + len(kept)
+
+        with redis_errors():
+            swapped: int | None = self.redis.transaction(
+                swap, self._rank_key, value_from_callable=True
+            )
+            return swapped
+
+    @staticmethod
+    def _members_of(raw: Any) -> set[str]:
+        return {m.decode() if isinstance(m, bytes) else str(m) for m in raw or ()}
+
+    def standings(self, ids: Sequence[str]) -> list[Placement | None]:
+        """:meth:`standing` of a batch of faces, pipelined (three commands a face)."""
+        with redis_errors():
+            with self.redis.pipeline(transaction=False) as pipe:
+                for pid in ids:
+                    pipe.zscore(self._rank_key, pid)
+                scores = pipe.execute()
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zcard(self._rank_key)
+                for t in scores:
+                    if t is not None:
+                        pipe.zcount(self._rank_key, "-inf", f"({t!r}")
+                        pipe.zcount(self._rank_key, t, t)
+                counts = pipe.execute()
+        total, rest = int(counts[0]), iter(counts[1:])
+        out: list[Placement | None] = []
+        for t in scores:
+            if t is None:
+                out.append(None)
+                continue
+            below, tied = int(next(rest)), int(next(rest)) - 1
+            out.append(
+                Placement(
+                    typicality=float(t),
+                    percentile=(below + 0.5 * tied + 1) / total,
+                    rank=total - below - tied,
+                    total=total,
+                )
+            )
+        return out
+
     def replace(
         self,
         build: Callable[[set[str]], tuple[Iterable[str], np.ndarray, np.ndarray, dict[str, Any]]],
@@ -368,4 +475,5 @@ class ScoreIndex:
                 self._stats_key,
                 self._vibes_key,
                 self._gone_key,
+                self._staging_key,
             )

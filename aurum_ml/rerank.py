@@ -7,23 +7,28 @@ centroid, the typicalities, the scores (midrank percentiles) and the vibe tags, 
 new index into Redis atomically and writes the new scores into the Qdrant payloads. It also
 rebuilds a lost index (Redis flushed) from Qdrant, and the embedded default runs it at start.
 
-Memory: the unit embeddings are held as float64 (so near-ties rank exactly as a fresh
-computation ranks them), 1 KiB a face: 100 k faces ≈ 100 MB.
+Memory: one batch of unit embeddings (float64, so near-ties rank exactly as a fresh
+computation ranks them: 1 KiB a face) and one float per face — 8 MB at a million faces,
+where holding every vector took 1 GB. The sorted set itself lives in Redis.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from aurum_ml.errors import StateUnavailable
 from aurum_ml.index import midrank_percentiles, score_of, unit
 from aurum_ml.runtime import Runtime
-from aurum_ml.vibes import reference_from, vibes_of
+from aurum_ml.vibes import VibeReference, directions, vibes_of
 
 __all__ = ["RerankReport", "rerank", "summarize"]
+
+_ATTEMPTS = 3  # a face erased during the passes makes the re-rank run them again
 
 _PERCENTILES = (10, 25, 50, 75, 90, 95, 99)
 
@@ -65,74 +70,99 @@ def summarize(scores: np.ndarray, typicalities: np.ndarray) -> dict[str, Any]:
     return {"distribution": distribution, "thresholds": thresholds}
 
 
-def rerank(runtime: Runtime, update_payloads: bool = True) -> RerankReport:
-    """Recompute and swap in the index of ``runtime``'s model; update the stored payloads'
-    scores and vibes unless ``update_payloads`` is false (a start-up restore)."""
-    started = time.perf_counter()
-    settings, index, vectors = runtime.settings, runtime.index, runtime.vectors
+def _batches(runtime: Runtime, skip: set[str]) -> Iterator[tuple[list[str], np.ndarray]]:
+    """The stored faces as (point ids, unit embeddings as float64 rows), a batch at a time."""
+    size = runtime.settings.rerank_batch
     ids: list[str] = []
     rows: list[np.ndarray] = []
-    for pid, vector, _ in vectors.points(batch=settings.rerank_batch):
+    for pid, vector, _ in runtime.vectors.points(batch=size):
+        if pid in skip:
+            continue
         ids.append(pid)
         rows.append(unit(vector))
-    scanned = dict(zip(ids, rows, strict=True))
-    result: dict[str, Any] = {}
+        if len(ids) == size:
+            yield ids, np.vstack(rows)
+            ids, rows = [], []
+    if ids:
+        yield ids, np.vstack(rows)
 
-    def build(live: set[str]) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, Any]]:
-        # Membership: what Qdrant held, less what was forgotten meanwhile, plus what was
-        # stored into the live index after the scan, plus faces scored and not yet stored
-        # (the store stage confirms them; a failed job withdraws them).
+
+def rerank(runtime: Runtime, update_payloads: bool = True) -> RerankReport:
+    """Recompute and swap in the index of ``runtime``'s model; update the stored payloads'
+    scores, ranks and vibes unless ``update_payloads`` is false (a start-up restore).
+
+    Streamed, in up to three passes over Qdrant, so memory follows the batch
+    (``RERANK_BATCH``), not the population — but for one float per face:
+    1. the centroid (sum of unit embeddings) and the vibe reference's statistics;
+    2. every typicality against that centroid, into a staging sorted set in Redis, swapped
+       in atomically (faces stored meanwhile keep theirs; faces erased meanwhile stay out);
+    3. with ``update_payloads``: each face's new score and rank (from the sorted set) and
+       vibe tags, written to the payloads a batch at a time.
+    """
+    started = time.perf_counter()
+    settings, index, vectors = runtime.settings, runtime.index, runtime.vectors
+    dirs = directions(index.dim)
+    for _attempt in range(_ATTEMPTS):
         gone = index.gone()
-        late = sorted(live - scanned.keys() - gone)
-        fetched = vectors.vectors_of(late)
-        fetched |= index.pending_units(p for p in late if p not in fetched)
-        members = [pid for pid in ids if pid not in gone] + [p for p in late if p in fetched]
-        if not members:
-            result.update(members=[], units=np.zeros((0, index.dim)), typ=np.zeros(0))
-            return [], np.zeros((0, index.dim)), np.zeros(0), summarize(np.zeros(0), np.zeros(0))
-        units = np.vstack([scanned[p] if p in scanned else unit(fetched[p]) for p in members])
-        typicalities = units @ unit(units.sum(axis=0))
+        total = np.zeros(index.dim)
+        projected, projected_sq = np.zeros(len(dirs)), np.zeros(len(dirs))
+        count = 0
+        for _, units in _batches(runtime, gone):  # pass 1
+            total += units.sum(axis=0)
+            p = units @ dirs.T
+            projected += p.sum(axis=0)
+            projected_sq += (p * p).sum(axis=0)
+            count += len(units)
+        centroid = unit(total)
+        index.stage_clear()
+        chunks = []
+        for ids, units in _batches(runtime, gone):  # pass 2
+            typicality = units @ centroid
+            index.stage(ids, typicality)
+            chunks.append(typicality)
+        typicalities = np.concatenate(chunks) if chunks else np.zeros(0)
         scores = np.array([score_of(p) for p in midrank_percentiles(typicalities)])
-        result.update(members=members, units=units, typ=typicalities, scores=scores)
-        return members, units, typicalities, summarize(scores, typicalities)
+        stats = summarize(scores, typicalities)
+        faces = index.swap_staged(total, count, stats, gone, vectors)
+        if faces is not None:
+            break
+    else:  # erasures kept landing during the passes: leave the live index as it was
+        index.stage_clear()
+        raise StateUnavailable("the re-rank kept racing erasures; the next one will run")
 
-    index.replace(build)
-    members: list[str] = result["members"]
     frozen = False
     reference = None
-    if members:
-        units, typicalities, scores = result["units"], result["typ"], result["scores"]
+    if count:
         reference = index.vibe_reference()
         if reference is None or not reference.frozen:
-            reference = reference_from(units)
-            if len(members) >= settings.vibe_reference_min_faces:
+            mean = projected / count
+            spread = np.sqrt(np.maximum(projected_sq / count - mean * mean, 0.0))
+            reference = VibeReference(total / count, np.where(spread > 1e-9, spread, 1.0))
+            if count >= settings.vibe_reference_min_faces:
                 frozen = index.freeze_vibe_reference(reference)
                 reference = index.vibe_reference() or reference
-    if members and update_payloads and reference is not None:
-        percentiles = midrank_percentiles(typicalities)
-        # rank = 1 + the faces strictly more typical (as ScoreIndex.standing counts)
-        ranks = (
-            len(typicalities) - np.searchsorted(np.sort(typicalities), typicalities, "right") + 1
-        )
-        updates = [
-            (
-                pid,
-                {
-                    "score": float(scores[i]),
-                    "percentile": round(float(percentiles[i]), 4),
-                    "rank": int(ranks[i]),
-                    "total_faces": len(members),
-                    "typicality": round(float(typicalities[i]), 6),
-                    "vibes": vibes_of(units[i], reference),
-                },
-            )
-            for i, pid in enumerate(members)
-        ]
-        for start in range(0, len(updates), settings.rerank_batch):
-            vectors.set_payloads(updates[start : start + settings.rerank_batch])
+    if count and update_payloads and reference is not None:
+        for ids, units in _batches(runtime, gone | index.gone()):  # pass 3
+            standings = index.standings(ids)
+            updates = [
+                (
+                    pid,
+                    {
+                        "score": score_of(place.percentile),
+                        "percentile": round(place.percentile, 4),
+                        "rank": place.rank,
+                        "total_faces": place.total,
+                        "typicality": round(place.typicality, 6),
+                        "vibes": vibes_of(units[i], reference),
+                    },
+                )
+                for i, (pid, place) in enumerate(zip(ids, standings, strict=True))
+                if place is not None
+            ]
+            vectors.set_payloads(updates)
     return RerankReport(
         model=index.model,
-        faces=len(members),
+        faces=faces,
         seconds=time.perf_counter() - started,
         vibe_reference_frozen=frozen,
     )

@@ -150,6 +150,19 @@ class VectorStore:
                 wait=True,
             )
 
+    def upsert_many(self, points: list[tuple[str, np.ndarray, dict[str, Any]]]) -> None:
+        """Write a batch of points in one request (imports, bulk loads)."""
+        from qdrant_client import models
+
+        if not points:
+            return
+        structs = [
+            models.PointStruct(id=pid, vector=vector.tolist(), payload=payload)
+            for pid, vector, payload in points
+        ]
+        with self._lock, _qdrant_errors():
+            self._connect().upsert(self.collection, points=structs, wait=True)
+
     def get(self, pid: str) -> tuple[np.ndarray, dict[str, Any]] | None:
         """The stored vector and payload of a point, or None."""
         with self._lock, _qdrant_errors():

@@ -138,3 +138,36 @@ def test_a_redelivered_score_is_not_counted_twice(index):
     assert (first.total, again.total) == (1, 1)
     assert index.add("a", vectors[0], first.typicality) is False  # already counted in
     assert index.count() == 1
+
+
+def test_a_staged_rerank_keeps_faces_entered_meanwhile_and_drops_stale_ones(index, runtime):
+    """The streamed re-rank swaps its typicalities in atomically: a face scored during the
+    re-rank keeps its own and counts in the sum; an entry whose job vanished (no vector
+    anywhere) is dropped, so the index heals."""
+    vectors = _vectors(5)
+    _fill(index, vectors[:4])
+    index.stage_clear()
+    index.stage(["0", "1", "2", "3"], np.array([0.1, 0.2, 0.3, 0.4]))
+    entered = index.enter("4", vectors[4])  # scored during the re-rank: pending
+    index.redis.zadd(index._rank_key, {"ghost": 0.5})  # its job vanished, its vector too
+    total = sum(unit(v) for v in vectors[:4])
+    stats = {"distribution": None, "thresholds": {}}
+    assert index.swap_staged(total, 4, stats, set(), runtime.vectors) == 5
+    assert index.members() == {"0", "1", "2", "3", "4"}
+    assert index.standing("0").typicality == 0.1
+    assert index.standing("4").typicality == pytest.approx(entered.typicality)
+    after, n = index._read_sum()
+    assert n == 5 and np.allclose(after, total + unit(vectors[4]))
+    batch = index.standings(["3", "ghost", "0"])
+    assert batch[1] is None and [batch[0], batch[2]] == [index.standing("3"), index.standing("0")]
+
+
+def test_an_erasure_during_the_rerank_makes_it_run_again(index, runtime):
+    vectors = _vectors(3)
+    _fill(index, vectors)
+    index.stage_clear()
+    index.stage(["0", "1", "2"], np.array([0.1, 0.2, 0.3]))
+    index.remove([("1", vectors[1])])  # erased while the re-rank was reading
+    stats = {"distribution": None, "thresholds": {}}
+    assert index.swap_staged(np.zeros(128), 3, stats, set(), runtime.vectors) is None
+    assert index.members() == {"0", "2"}  # the live index as it was
