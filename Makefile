@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup photos demo test lint worker bench bench-pipeline bench-services bench-api chaos clean
+.PHONY: setup photos demo test lint worker up down bench bench-pipeline bench-services bench-api bench-population chaos clean
 
 setup: $(VENV)/.installed  ## create .venv and install the project with its test extra
 
@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@# setuptools advises on every editable install; that line is not about this project
-	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install --quiet -e '.[test]'
+	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/python -m pip install --quiet -e '.[test,ops]'
 	touch $@
 
 photos: setup  ## fetch the real test photos into .cache/test-photos (git-ignored)
@@ -28,7 +28,7 @@ lint: setup
 	$(BIN)/ruff format --check aurum_ml tests bench celeryconfig.py
 	$(BIN)/mypy
 
-bench: bench-pipeline bench-services bench-api  ## every benchmark; numbers go to BENCHMARKS.md
+bench: bench-pipeline bench-services bench-api bench-population  ## every benchmark; numbers go to BENCHMARKS.md
 
 bench-pipeline: photos  ## the whole chain on Redis and worker processes vs the raw model loop
 	$(BIN)/python bench/pipeline.py
@@ -39,11 +39,56 @@ bench-services: photos  ## ML services (1 and 2 uvicorn workers) vs the in-proce
 bench-api: photos  ## POST /v1/score?wait=30 vs score_face.delay().get(), same workers
 	$(BIN)/python bench/api.py
 
+bench-population: photos  ## score, store, same-person search, re-rank at 1k/10k/100k faces
+	$(BIN)/python bench/population.py
+
 chaos: photos  ## faults under load (worker kill, Redis and RabbitMQ restarts, services down, bad input) → docs/reliability.md
 	$(BIN)/python bench/chaos.py --jobs 150
 
-worker: setup  ## one worker for every queue, against AURUM_BROKER_URL
-	$(BIN)/celery -A aurum_ml worker -Q detect,embed,score,store,maintenance --loglevel INFO
+worker: setup  ## one worker for every queue, against AURUM_BROKER_URL (one process: it owns a local Qdrant folder)
+	$(BIN)/celery -A aurum_ml worker -Q detect,embed,score,store,maintenance,notify --pool threads --loglevel INFO
+
+# --- the whole stack on loopback, without Docker: deploy/Procfile run by honcho ------------
+STACK ?= .stack
+PYRAND = $(BIN)/python -c "import secrets; print(secrets.token_hex(16))"
+
+up: setup  ## start the whole stack (services, workers, beat, Flower, metrics, API); logs in $(STACK)/logs
+	@mkdir -p $(STACK)/logs
+	@test -f $(STACK)/env || { \
+	  echo "AURUM_BROKER_URL=$${AURUM_BROKER_URL:-redis://127.0.0.1:6379/0}"; \
+	  echo "AURUM_DATA_DIR=$${AURUM_DATA_DIR:-$(abspath $(STACK))/data}"; \
+	  echo "API_PORT=$${API_PORT:-8000}"; \
+	  echo "DETECTION_PORT=$${DETECTION_PORT:-8001}"; \
+	  echo "EMBEDDING_PORT=$${EMBEDDING_PORT:-8002}"; \
+	  echo "FLOWER_PORT=$${FLOWER_PORT:-5555}"; \
+	  echo "METRICS_PORT=$${METRICS_PORT:-9808}"; \
+	  echo "FACE_DETECTION_SERVICE=http://127.0.0.1:$${DETECTION_PORT:-8001}"; \
+	  echo "FACE_EMBEDDING_SERVICE=http://127.0.0.1:$${EMBEDDING_PORT:-8002}"; \
+	  echo "ML_SERVICE_TOKEN=$$($(PYRAND))"; \
+	  echo "FLOWER_BASIC_AUTH=ops:$$($(PYRAND))"; \
+	  echo "AURUM_API_KEYS=local:$$($(PYRAND))"; \
+	  echo "AURUM_WEBHOOK_SECRET=$$($(PYRAND))"; \
+	} > $(STACK)/env && chmod 600 $(STACK)/env
+	@if [ -f $(STACK)/honcho.pid ] && kill -0 $$(cat $(STACK)/honcho.pid) 2>/dev/null; then \
+	  echo "already up (honcho pid $$(cat $(STACK)/honcho.pid)); make down first"; \
+	else \
+	  PATH="$(abspath $(BIN)):$$PATH" nohup $(BIN)/honcho -f deploy/Procfile -e $(STACK)/env \
+	    -d $(CURDIR) start > $(STACK)/logs/stack.log 2>&1 & echo $$! > $(STACK)/honcho.pid; \
+	  . $(abspath $(STACK))/env; \
+	  echo "up (honcho pid $$(cat $(STACK)/honcho.pid)); logs: $(STACK)/logs/stack.log"; \
+	  echo "  API      http://127.0.0.1:$$API_PORT  (X-API-Key: AURUM_API_KEYS in $(STACK)/env)"; \
+	  echo "  Flower   http://127.0.0.1:$$FLOWER_PORT  (FLOWER_BASIC_AUTH in $(STACK)/env)"; \
+	  echo "  metrics  http://127.0.0.1:$$METRICS_PORT/metrics"; \
+	  echo "  services http://127.0.0.1:$$DETECTION_PORT, :$$EMBEDDING_PORT (ML_SERVICE_TOKEN)"; \
+	fi
+
+down:  ## stop the stack `make up` started; nothing is left running
+	@if [ -f $(STACK)/honcho.pid ] && kill -0 $$(cat $(STACK)/honcho.pid) 2>/dev/null; then \
+	  kill -TERM $$(cat $(STACK)/honcho.pid); \
+	  for _ in $$(seq 60); do kill -0 $$(cat $(STACK)/honcho.pid) 2>/dev/null || break; sleep 0.5; done; \
+	  echo "down"; \
+	else echo "not running"; fi
+	@rm -f $(STACK)/honcho.pid
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

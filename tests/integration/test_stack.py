@@ -1,0 +1,139 @@
+"""`make up` / `make down` (#13): the whole stack from deploy/Procfile under honcho, on
+loopback, on a Redis database and ports of this run's own — scored through the API, watched
+through Flower and the exporter, then stopped with nothing left listening."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+import requests
+from redisdb import CLAIM_KEY, claim_redis_db
+
+ROOT = Path(__file__).resolve().parents[2]
+PORTS = ("API_PORT", "DETECTION_PORT", "EMBEDDING_PORT", "FLOWER_PORT", "METRICS_PORT")
+_OURS = ("AURUM_", "QDRANT_", "TASK_", "RETRY_", "COOLDOWN_", "FACE_", "ML_SERVICE", "FLOWER_")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _processes_of(marker: str) -> list[int]:
+    """Processes whose environment holds ``marker`` (this stack's data folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def _until(check, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            out = check()
+            if out:
+                return out
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, f"{what} within {seconds} s"
+        time.sleep(0.5)
+
+
+def test_make_up_runs_the_stack_and_make_down_stops_it(tmp_path, photos):
+    broker = claim_redis_db(exclude=(os.environ["AURUM_BROKER_URL"],))
+    client = redis.Redis.from_url(broker)
+    client.flushdb()
+    client.set(CLAIM_KEY, os.getpid(), ex=7200)
+    ports = {name: str(_free_port()) for name in PORTS}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_OURS)}
+    env.update(ports, AURUM_BROKER_URL=broker, AURUM_DATA_DIR=str(tmp_path / "data"))
+    make = ["make", "--no-print-directory", f"STACK={tmp_path / 'stack'}"]
+
+    def run(target: str) -> subprocess.CompletedProcess:
+        return subprocess.run(make + [target], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+
+    up = run("up")
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "up (honcho pid" in up.stdout and "Flower" in up.stdout
+        creds = dict(
+            line.split("=", 1) for line in (tmp_path / "stack" / "env").read_text().splitlines()
+        )
+        key = creds["AURUM_API_KEYS"].split(":", 1)[1]
+        api = f"http://127.0.0.1:{ports['API_PORT']}"
+        _until(lambda: requests.get(f"{api}/readyz", timeout=2).ok, 90, "the API ready")
+        assert len(_processes_of(str(tmp_path / "data"))) >= 13  # honcho and its 12 processes
+        submitted = requests.post(
+            f"{api}/v1/score?wait=30",
+            files={"image": ("obama.jpg", (photos / "obama.jpg").read_bytes(), "image/jpeg")},
+            data={"user_id": "u-stack"},
+            headers={"X-API-Key": key},
+            timeout=60,
+        ).json()
+        view = _until(
+            lambda: (
+                (
+                    v := requests.get(
+                        submitted["status_url"], headers={"X-API-Key": key}, timeout=5
+                    ).json()
+                )["state"]
+                in ("done", "failed")
+                and v
+            ),
+            180,
+            "the job through the stack",
+        )
+        assert view["state"] == "done" and view["result"]["status"] == "scored", view
+        assert view["result"]["source"] == "service"  # through the ML services it started
+
+        flower = f"http://127.0.0.1:{ports['FLOWER_PORT']}"
+        user, password = creds["FLOWER_BASIC_AUTH"].split(":", 1)
+        assert requests.get(f"{flower}/api/tasks", timeout=10).status_code == 401
+        _until(lambda: requests.get(f"{flower}/healthcheck", timeout=5).ok, 60, "Flower up")
+        time.sleep(2)  # its event receiver is subscribed
+        again_job = requests.post(
+            f"{api}/v1/score?wait=30",
+            files={"image": ("biden.jpg", (photos / "biden.jpg").read_bytes(), "image/jpeg")},
+            data={"user_id": "u-stack-2"},
+            headers={"X-API-Key": key},
+            timeout=60,
+        )
+        assert again_job.json()["state"] == "done", again_job.text
+        seen = _until(
+            lambda: requests.get(f"{flower}/api/tasks", auth=(user, password), timeout=10).json(),
+            30,
+            "Flower to have seen the job's tasks",
+        )
+        assert {t["name"] for t in seen.values()} >= {"aurum_ml.detect", "aurum_ml.store"}
+        exported = requests.get(f"http://127.0.0.1:{ports['METRICS_PORT']}/metrics", timeout=10)
+        assert exported.ok and "aurum_" in exported.text
+
+        pid = (tmp_path / "stack" / "honcho.pid").read_text()
+        again = run("up")
+        assert "already up" in again.stdout
+        assert (tmp_path / "stack" / "honcho.pid").read_text() == pid  # no second stack
+    finally:
+        down = run("down")
+        client.flushdb()
+    assert "down" in down.stdout, down.stdout + down.stderr
+    assert not any(_listening(int(port)) for port in ports.values())
+    _until(lambda: not _processes_of(str(tmp_path / "data")), 15, "every process gone")
+    assert "not running" in run("down").stdout
