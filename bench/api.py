@@ -43,36 +43,9 @@ def _free_port() -> int:
 
 
 def _start(env: dict[str, str], port: int) -> list[subprocess.Popen]:
-    celery = str(Path(sys.executable).parent / "celery")
-    processes = [
-        subprocess.Popen(
-            [
-                celery,
-                "-A",
-                "aurum_ml",
-                "worker",
-                "-Q",
-                queues,
-                "-c",
-                str(c),
-                "-P",
-                pool,
-                "-n",
-                f"{name}@%h",
-                "--without-mingle",
-                "--without-gossip",
-                "--loglevel",
-                "WARNING",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        for name, queues, c, pool in (
-            ("stages", "detect,embed,score", 2, "prefork"),
-            ("store", "store,maintenance,notify", 1, "threads"),
-        )
-    ]
+    from pipeline import workers
+
+    processes = workers(env, "store,maintenance,notify")
     processes.append(
         subprocess.Popen(
             [

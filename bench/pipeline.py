@@ -85,7 +85,9 @@ def _resized(photos: Path, side: int) -> list[bytes]:
     return out
 
 
-def _workers(env: dict[str, str]) -> list[subprocess.Popen]:
+def workers(env: dict[str, str], store_queues: str = "store,maintenance") -> list[subprocess.Popen]:
+    """The benchmarks' workers: detect/embed/score on a prefork pool of PROCESSES, the store
+    (and ``store_queues``) on one thread, as with a local Qdrant folder."""
     celery = str(Path(sys.executable).parent / "celery")
     return [
         subprocess.Popen(
@@ -113,7 +115,7 @@ def _workers(env: dict[str, str]) -> list[subprocess.Popen]:
         )  # fmt: skip
         for name, queues, c, pool in (
             ("stages", "detect,embed,score", PROCESSES, "prefork"),
-            ("store", "store,maintenance", 1, "threads"),
+            ("store", store_queues, 1, "threads"),
         )
     ]
 
@@ -169,15 +171,15 @@ def main() -> None:
 
     redis.Redis.from_url(broker).flushdb()
     redis.Redis.from_url(broker).set(CLAIM_KEY, os.getpid(), ex=7200)  # still ours
-    workers = _workers(env)
+    started = workers(env)
     try:
         chain = {
             label: _chain(blobs, jobs, low, str(i)) for i, (label, blobs) in enumerate(sets.items())
         }
     finally:
-        for worker in workers:
+        for worker in started:
             worker.terminate()
-        for worker in workers:
+        for worker in started:
             worker.wait(60)
         shutil.rmtree(folder, ignore_errors=True)
         redis.Redis.from_url(broker).flushdb()

@@ -153,3 +153,19 @@ def bad_texts(photos: Path) -> dict[str, object]:
         "a list": [jpeg_b64],
         "a dict": {"image": jpeg_b64},
     }
+
+
+def raw_reply(host: str, port: int, head: bytes) -> bytes:
+    """Send request headers alone (declaring a body that never comes) and read the reply up
+    to the end of its JSON: what a server answers from the headers."""
+    import socket
+
+    with socket.create_connection((host, port), timeout=10) as conn:
+        conn.sendall(head)
+        reply = b""
+        while b"}" not in reply:  # headers and body may come in separate packets
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    return reply

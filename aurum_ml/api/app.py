@@ -33,16 +33,14 @@ import anyio
 import anyio.to_thread
 from celery.result import AsyncResult
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aurum_ml import __version__
 from aurum_ml.errors import AurumError, ConfigError, InvalidRequest
 from aurum_ml.schemas import ServiceErrorBody, check_user_id
-from aurum_ml.services.app import BodyLimit
+from aurum_ml.services.app import BodyLimit, json_errors
 from aurum_ml.settings import Settings, get_settings
 from aurum_ml.state import redis_errors
 from aurum_ml.webhooks import HookRecords, check_callback
@@ -358,26 +356,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return _error(exc.status, exc.error, exc.message, exc.headers)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return _error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid request')}")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {413: "image_too_large", 404: "not_found", 405: "method_not_allowed"}
-        return _error(exc.status_code, code.get(exc.status_code, "http_error"), str(exc.detail))
-
     @app.exception_handler(AurumError)
     async def unavailable(request: Request, exc: AurumError) -> JSONResponse:
         # StateUnavailable and the like: Redis is down; retry later
         return _error(503, "unavailable", f"{type(exc).__name__}: {exc}")
 
-    @app.exception_handler(Exception)
-    async def internal(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error in %s", request.url.path)
-        return _error(500, "internal", "unexpected error; it was logged")
+    json_errors(app, log)
 
     @app.post(
         "/v1/score",

@@ -174,6 +174,28 @@ def request_chip(chip_base64: str, settings: Settings) -> np.ndarray:
     return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
 
 
+def json_errors(app: FastAPI, logger: logging.Logger) -> None:
+    """The error answers every app of ours shares: a schema error is 422 invalid_request
+    (naming the field), HTTP errors keep their status with a code, a bug is a logged 500 —
+    all as ``{"error": code, "message": …}``."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return _error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {413: "image_too_large", 404: "not_found", 405: "method_not_allowed"}
+        return _error(exc.status_code, code.get(exc.status_code, "http_error"), str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error in %s", request.url.path)
+        return _error(500, "internal", "unexpected error; it was logged")
+
+
 def create_service(
     name: str,
     routes: APIRouter,
@@ -214,21 +236,7 @@ def create_service(
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return _error(exc.status, exc.error, exc.message)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        return _error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid request')}")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {413: "image_too_large", 404: "not_found", 405: "method_not_allowed"}
-        return _error(exc.status_code, code.get(exc.status_code, "http_error"), str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def internal(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error in %s", request.url.path)
-        return _error(500, "internal", "unexpected error; it was logged")
+    json_errors(app, log)
 
     @app.get("/health", response_model=Health, responses={503: {"model": Health}})
     def health(request: Request) -> JSONResponse:

@@ -19,7 +19,7 @@ import requests
 
 from aurum_ml.webhooks import SIGNATURE_HEADER, verify
 
-from samples import b64
+from samples import b64, raw_reply
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import chaos  # noqa: E402
@@ -168,18 +168,12 @@ def test_keys_owners_and_limits(api, photos):
     assert requests.get(f"{api}/v1/jobs/never-issued", headers=_h(), timeout=10).status_code == 404
     assert _poll(api, mine)["state"] == "done"
 
-    port = int(api.rsplit(":", 1)[1])
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
-        conn.sendall(
-            b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"X-API-Key: " + KEYS["other"].encode() + b"\r\nContent-Length: 1000000000\r\n\r\n"
-        )  # and no body: the answer must not wait for one
-        reply = b""
-        while b"}" not in reply:
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
+    reply = raw_reply(
+        "127.0.0.1",
+        int(api.rsplit(":", 1)[1]),
+        b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"X-API-Key: " + KEYS["other"].encode() + b"\r\nContent-Length: 1000000000\r\n\r\n",
+    )  # and no body: the answer must not wait for one
     assert reply.startswith(b"HTTP/1.1 413") and b"image_too_large" in reply
 
     answers = [

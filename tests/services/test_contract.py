@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 from urllib.parse import urlparse
 
 import numpy as np
 import pytest
 import requests
 
-from samples import b64, one_pixel_png, png_header_claiming, read_rgb
+from samples import b64, one_pixel_png, png_header_claiming, raw_reply, read_rgb
 
 PHOTOS = ["obama.jpg", "obama2.jpg", "obama3.jpg", "obama_partial_face.jpg", "32bit.png",
           "biden.jpg"]  # fmt: skip
@@ -118,17 +117,12 @@ def test_a_token_is_required(headers, detection_url, embedding_url, photos):
 
 def test_a_declared_oversized_body_is_refused_before_it_is_read(detection_url, auth):
     address = urlparse(detection_url)
-    with socket.create_connection((address.hostname, address.port), timeout=10) as conn:
-        conn.sendall(
-            b"POST /detect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Authorization: Bearer test-token\r\nContent-Length: 1000000000\r\n\r\n"
-        )  # and no body at all: the answer must not wait for one
-        reply = b""
-        while b"}" not in reply:  # headers and body may come in separate packets
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
+    reply = raw_reply(
+        address.hostname,
+        address.port,
+        b"POST /detect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer test-token\r\nContent-Length: 1000000000\r\n\r\n",
+    )  # and no body at all: the answer must not wait for one
     assert reply.startswith(b"HTTP/1.1 413") and b"image_too_large" in reply
 
 
@@ -173,17 +167,12 @@ def test_loading_answers_503(settings):
 def test_the_caller_is_checked_before_the_body(detection_url):
     """A huge body without a token is a 401, answered from the headers (not a 413)."""
     address = urlparse(detection_url)
-    with socket.create_connection((address.hostname, address.port), timeout=10) as conn:
-        conn.sendall(
-            b"POST /detect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 50000000\r\n\r\n"
-        )
-        reply = b""
-        while b"}" not in reply:
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
+    reply = raw_reply(
+        address.hostname,
+        address.port,
+        b"POST /detect HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 50000000\r\n\r\n",
+    )
     assert reply.startswith(b"HTTP/1.1 401") and b"unauthorized" in reply
 
 
