@@ -229,7 +229,7 @@ def _query(task_name: str, function: Callable[..., Any], *args: Any, timeout: fl
 
             runtime = get_runtime()
             try:
-                restore(runtime)
+                restore(runtime, with_results=False)
                 return function(runtime, *args)
             finally:
                 runtime.vectors.close()
@@ -627,14 +627,15 @@ def _collect(
         if later[owners[i]]:
             send(later[owners[i]].popleft())
 
+    first = []
     for i, owner in enumerate(owners):
         if owner in later:
             later[owner].append(i)
         else:
             later[owner] = deque()
-    for i, owner in enumerate(owners):
-        if i not in results and i not in sent and owners.index(owner) == i:
-            send(i)
+            first.append(i)
+    for i in first:
+        send(i)
     bar = (
         click.progressbar(length=len(owners), label="scoring", file=sys.stderr)
         if progress

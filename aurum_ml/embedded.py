@@ -69,11 +69,13 @@ def run_worker(
         thread.join(shutdown_timeout)
 
 
-def restore(runtime: Runtime) -> None:
+def restore(runtime: Runtime, with_results: bool = True) -> None:
     """Rebuild the in-process state from the Qdrant folder: the score index (a re-rank that
     leaves the stored payloads alone: start-up should not rewrite the collection), the
-    users' cooldowns and their latest results — so the same photo gets its stored result
-    here as on a cluster, not a second run under a new job id."""
+    users' cooldowns and — ``with_results``, for scoring — their latest results with their
+    matches, so the same photo gets its stored result here as on a cluster, not a second
+    run under a new job id. A query needs none of that (it reads the points) and skips
+    the one same-person search per user it costs."""
     rerank(runtime, update_payloads=False)
     latest: dict[str, tuple[str, np.ndarray, dict[str, Any]]] = {}
     for pid, vector, payload in runtime.vectors.points(with_payload=True):
@@ -84,7 +86,10 @@ def restore(runtime: Runtime) -> None:
             latest[user] = (pid, vector, payload)
     horizon = time.time() - runtime.users.result_ttl
     for user, (pid, vector, payload) in latest.items():
-        if payload.get("stored_at", 0) < horizon:
+        if not with_results or payload.get("stored_at", 0) < horizon:
+            runtime.users.restore(
+                user, payload["image_sha256"], payload["job_id"], payload["stored_at"]
+            )
             continue  # a cluster would no longer hold its result either
         hits = runtime.vectors.nearest_others(
             vector,

@@ -23,13 +23,13 @@ faces scored at the same moment count each other (totals 1, 2, 3 … into an emp
 population, never 1, 1); the store stage confirms the entry (:meth:`add`), and a job that
 fails or is refused in between takes it out (:meth:`withdraw`).
 As faces arrive the centroid drifts and stored typicalities go stale; the re-rank
-(:mod:`aurum_ml.rerank`) recomputes them all and swaps them in with :meth:`replace`.
+(:mod:`aurum_ml.rerank`) recomputes them all and swaps them in with :meth:`swap_staged`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +42,6 @@ from aurum_ml.vibes import VibeReference
 
 __all__ = ["Placement", "ScoreIndex", "midrank_percentiles", "score_of", "unit"]
 
-_CHUNK = 5000
 GONE_TTL_S = 86400
 
 
@@ -165,22 +164,7 @@ class ScoreIndex:
 
     def standing(self, point_id: str) -> Placement | None:
         """Where a stored face stands now, by its stored typicality; None if not stored."""
-        with redis_errors():
-            typicality = self.redis.zscore(self._rank_key, point_id)
-            if typicality is None:
-                return None
-            with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zcard(self._rank_key)
-                pipe.zcount(self._rank_key, "-inf", f"({typicality!r}")
-                pipe.zcount(self._rank_key, typicality, typicality)
-                total, below, tied = pipe.execute()
-        tied -= 1
-        return Placement(
-            typicality=typicality,
-            percentile=(below + 0.5 * tied + 1) / total,
-            rank=total - below - tied,
-            total=total,
-        )
+        return self.standings([point_id])[0]
 
     def top(self, limit: int) -> list[tuple[str, float]]:
         """The ``limit`` most typical faces, plus any tied with the last one."""
@@ -404,7 +388,9 @@ class ScoreIndex:
         return {m.decode() if isinstance(m, bytes) else str(m) for m in raw or ()}
 
     def standings(self, ids: Sequence[str]) -> list[Placement | None]:
-        """:meth:`standing` of a batch of faces, pipelined (three commands a face)."""
+        """Where each stored face stands now, by its stored typicality (None if not stored):
+        percentile ``(below + ½·tied_others + 1) / total``, rank 1 = most typical. Pipelined:
+        three commands a face."""
         with redis_errors():
             with self.redis.pipeline(transaction=False) as pipe:
                 for pid in ids:
@@ -433,39 +419,6 @@ class ScoreIndex:
                 )
             )
         return out
-
-    def replace(
-        self,
-        build: Callable[[set[str]], tuple[Iterable[str], np.ndarray, np.ndarray, dict[str, Any]]],
-    ) -> None:
-        """Swap in a recomputed index atomically.
-
-        ``build(live_members)`` returns (point ids, their unit embeddings (rows), their
-        typicalities, stats) for the membership it decides on; it runs again if a store or
-        a forget changed the live index meanwhile (WATCH on the sorted set).
-        """
-
-        def swap(pipe: Any) -> None:
-            live = {m.decode() for m in pipe.zrange(self._rank_key, 0, -1)}
-            ids, units, typicalities, stats = build(live)
-            ids = list(ids)
-            total = units.sum(axis=0) if len(ids) else np.zeros(self.dim)
-            pipe.multi()
-            pipe.delete(self._sum_key, self._rank_key, self._stats_key)
-            if ids:
-                sums: dict[str | bytes, str | int] = {
-                    str(i): repr(float(v)) for i, v in enumerate(total)
-                }
-                sums["n"] = len(ids)
-                pipe.hset(self._sum_key, mapping=sums)
-                for start in range(0, len(ids), _CHUNK):
-                    chunk = slice(start, start + _CHUNK)
-                    pairs = zip(ids[chunk], typicalities[chunk], strict=True)
-                    pipe.zadd(self._rank_key, {pid: float(t) for pid, t in pairs})
-                pipe.set(self._stats_key, json.dumps(stats))
-
-        with redis_errors():
-            self.redis.transaction(swap, self._rank_key)
 
     def clear(self) -> None:
         with redis_errors():

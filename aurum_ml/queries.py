@@ -33,9 +33,10 @@ def stored_result(
     and total as stored or as of the last re-rank: one snapshot) and ``matches`` (for a
     user whose cached result is gone, e.g. after the embedded default's restart)."""
     summary = runtime.index.stats()
-    standing = _standing(runtime, point_id)
-    if payload.get("rank") is not None:  # stored before rank was kept: as it stands now
+    if payload.get("rank") is not None:
         standing = {"rank": payload["rank"], "total_faces": payload.get("total_faces")}
+    else:  # stored before rank was kept: as it stands now
+        standing = _standing(runtime, point_id)
     return {
         "job_id": payload.get("job_id"),
         "status": "scored",

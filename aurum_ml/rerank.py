@@ -7,9 +7,10 @@ centroid, the typicalities, the scores (midrank percentiles) and the vibe tags, 
 new index into Redis atomically and writes the new scores into the Qdrant payloads. It also
 rebuilds a lost index (Redis flushed) from Qdrant, and the embedded default runs it at start.
 
-Memory: one batch of unit embeddings (float64, so near-ties rank exactly as a fresh
-computation ranks them: 1 KiB a face) and one float per face — 8 MB at a million faces,
-where holding every vector took 1 GB. The sorted set itself lives in Redis.
+Memory: one batch of unit embeddings (float64: 1 KiB a face) and one float per face — 8 MB
+at a million faces, where holding every vector took 1 GB. The sorted set itself lives in
+Redis. The centroid is summed batch by batch, so its last bits may differ from a sum over
+all rows at once: faces whose typicalities differ by less than ~1e-12 may swap places.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 from aurum_ml.errors import StateUnavailable
 from aurum_ml.index import midrank_percentiles, score_of, unit
 from aurum_ml.runtime import Runtime
-from aurum_ml.vibes import VibeReference, directions, vibes_of
+from aurum_ml.vibes import ReferenceMoments, vibes_of
 
 __all__ = ["RerankReport", "rerank", "summarize"]
 
@@ -101,18 +102,12 @@ def rerank(runtime: Runtime, update_payloads: bool = True) -> RerankReport:
     """
     started = time.perf_counter()
     settings, index, vectors = runtime.settings, runtime.index, runtime.vectors
-    dirs = directions(index.dim)
     for _attempt in range(_ATTEMPTS):
         gone = index.gone()
-        total = np.zeros(index.dim)
-        projected, projected_sq = np.zeros(len(dirs)), np.zeros(len(dirs))
-        count = 0
+        moments = ReferenceMoments(index.dim)
         for _, units in _batches(runtime, gone):  # pass 1
-            total += units.sum(axis=0)
-            p = units @ dirs.T
-            projected += p.sum(axis=0)
-            projected_sq += (p * p).sum(axis=0)
-            count += len(units)
+            moments.add(units)
+        total, count = moments.total, moments.count
         centroid = unit(total)
         index.stage_clear()
         chunks = []
@@ -135,9 +130,7 @@ def rerank(runtime: Runtime, update_payloads: bool = True) -> RerankReport:
     if count:
         reference = index.vibe_reference()
         if reference is None or not reference.frozen:
-            mean = projected / count
-            spread = np.sqrt(np.maximum(projected_sq / count - mean * mean, 0.0))
-            reference = VibeReference(total / count, np.where(spread > 1e-9, spread, 1.0))
+            reference = moments.reference()
             if count >= settings.vibe_reference_min_faces:
                 frozen = index.freeze_vibe_reference(reference)
                 reference = index.vibe_reference() or reference

@@ -463,10 +463,9 @@ def notify(self: Task, job_id: str) -> str:
         exc = result.result
         error = {"error": type(exc).__name__, "message": str(exc)}
         body = webhooks.body_of(job_id, "failed", None, error)
-    outcome = webhooks.deliver(job_id, rt.hooks, rt.settings, body, requests.post)
+    outcome = webhooks.deliver(job_id, record, rt.hooks, rt.settings, body, requests.post)
     if outcome == "retry":
-        attempts = rt.hooks.get(job_id)
-        countdown = webhooks.backoff(attempts.attempts if attempts else 1)
+        countdown = webhooks.backoff(record.attempts + 1)  # this attempt included
         raise self.retry(countdown=countdown, max_retries=self.request.retries + 1)
     log.info("job %s: webhook %s", job_id, outcome)
     return outcome

@@ -19,7 +19,14 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["VIBES", "VibeReference", "directions", "reference_from", "vibes_of"]
+__all__ = [
+    "VIBES",
+    "ReferenceMoments",
+    "VibeReference",
+    "directions",
+    "reference_from",
+    "vibes_of",
+]
 
 VIBES = (
     "mysterious",
@@ -50,11 +57,38 @@ class VibeReference:
     frozen: bool = False
 
 
+class ReferenceMoments:
+    """Running sums from which a population's reference follows, so a population read in
+    batches (the re-rank) needs no more than one batch in memory: the sum of the unit
+    embeddings (also the centroid's direction) and, per direction, the sum of the
+    projections and of their squares."""
+
+    def __init__(self, dim: int) -> None:
+        self.total = np.zeros(dim)
+        self.projected = np.zeros(len(VIBES))
+        self.squares = np.zeros(len(VIBES))
+        self.count = 0
+
+    def add(self, units: np.ndarray) -> ReferenceMoments:
+        p = units @ directions(units.shape[1]).T
+        self.total += units.sum(axis=0)
+        self.projected += p.sum(axis=0)
+        self.squares += (p * p).sum(axis=0)
+        self.count += len(units)
+        return self
+
+    def reference(self, frozen: bool = False) -> VibeReference:
+        """The population's centre and its spread along each direction (std; 1 where the
+        population does not spread, so no division by zero)."""
+        n = max(self.count, 1)
+        mean = self.projected / n
+        spread = np.sqrt(np.maximum(self.squares / n - mean * mean, 0.0))
+        return VibeReference(self.total / n, np.where(spread > 1e-9, spread, 1.0), frozen)
+
+
 def reference_from(units: np.ndarray, frozen: bool = False) -> VibeReference:
     """The reference of a population of unit embeddings (one per row)."""
-    center = units.mean(axis=0)
-    spread = ((units - center) @ directions(units.shape[1]).T).std(axis=0)
-    return VibeReference(center, np.where(spread > 1e-9, spread, 1.0), frozen)
+    return ReferenceMoments(units.shape[1]).add(units).reference(frozen)
 
 
 def vibes_of(unit: np.ndarray, reference: VibeReference, limit: int = 3) -> list[str]:

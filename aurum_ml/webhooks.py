@@ -204,18 +204,16 @@ def retryable(status: int | str) -> bool:
 
 def deliver(
     job_id: str,
+    record: Delivery,
     hooks: HookRecords,
     settings: Settings,
     body: bytes,
     post: Any,
 ) -> str:
-    """One delivery attempt of ``body`` for ``job_id``: "delivered", "retry", "final" (refused
-    for good or out of time) or "none" (no webhook wanted, or already final)."""
+    """One delivery attempt of ``body`` for ``job_id`` (whose webhook ``record`` the caller
+    read, not final): "delivered", "retry" or "final" (refused for good, or out of time)."""
     import requests
 
-    record = hooks.get(job_id)
-    if record is None or record.final:
-        return "none"
     first = hooks.started(job_id)
     try:
         check_callback(record.url, settings)  # the allow-list may have changed since submit

@@ -19,7 +19,6 @@ import base64
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,12 +33,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 PHOTOS = ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg")
 KEY = "bench-key-0123456789abcdef"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _start(env: dict[str, str], port: int) -> list[subprocess.Popen]:
@@ -75,6 +68,7 @@ def main() -> None:
 
     import redis
     import requests
+    from chaos import free_port
     from redisdb import CLAIM_KEY, claim_redis_db
 
     from photos import fetch
@@ -95,7 +89,7 @@ def main() -> None:
     os.environ.update(env)  # this process submits with the same settings
     redis.Redis.from_url(broker).flushdb()
     redis.Redis.from_url(broker).set(CLAIM_KEY, os.getpid(), ex=7200)  # still ours
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}"
     processes = _start(env, port)
     session = requests.Session()

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from aurum_ml import __version__
 from aurum_ml.errors import AurumError, ConfigError, InvalidRequest
 from aurum_ml.schemas import ServiceErrorBody, check_user_id
-from aurum_ml.services.app import BodyLimit, json_errors
+from aurum_ml.services.app import BodyLimit, json_error, json_errors
 from aurum_ml.settings import Settings, get_settings
 from aurum_ml.state import redis_errors
 from aurum_ml.webhooks import HookRecords, check_callback
@@ -114,11 +114,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     429: {"model": ServiceErrorBody, "description": "rate limit; see Retry-After"},
     503: {"model": ServiceErrorBody, "description": "broker or Redis unreachable: retry"},
 }
-
-
-def _error(status: int, error: str, message: str, headers: dict[str, str] | None = None):
-    body = ServiceErrorBody(error=error, message=message).model_dump()
-    return JSONResponse(body, status, headers=headers)
 
 
 # --- the parts a request needs --------------------------------------------------------------------
@@ -354,12 +349,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.error, exc.message, exc.headers)
+        return json_error(exc.status, exc.error, exc.message, exc.headers)
 
     @app.exception_handler(AurumError)
     async def unavailable(request: Request, exc: AurumError) -> JSONResponse:
         # StateUnavailable and the like: Redis is down; retry later
-        return _error(503, "unavailable", f"{type(exc).__name__}: {exc}")
+        return json_error(503, "unavailable", f"{type(exc).__name__}: {exc}")
 
     json_errors(app, log)
 

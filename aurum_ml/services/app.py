@@ -35,7 +35,15 @@ from aurum_ml.imaging import Decoded, decode_base64, decode_scaled
 from aurum_ml.schemas import Health, ServiceErrorBody
 from aurum_ml.settings import Settings, get_settings
 
-__all__ = ["LoadedModel", "ServiceError", "create_service", "request_image", "require_token"]
+__all__ = [
+    "LoadedModel",
+    "ServiceError",
+    "create_service",
+    "json_error",
+    "json_errors",
+    "request_image",
+    "require_token",
+]
 
 log = logging.getLogger("aurum_ml.services")
 
@@ -90,7 +98,7 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
     async def _refuse(self, send: Send) -> None:
-        response = _error(413, "image_too_large", f"request body over {self.max_bytes} bytes")
+        response = json_error(413, "image_too_large", f"request body over {self.max_bytes} bytes")
         await response(scope={"type": "http"}, receive=_no_body, send=send)  # type: ignore[arg-type]
 
 
@@ -98,8 +106,12 @@ async def _no_body() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
-def _error(status: int, error: str, message: str) -> JSONResponse:
-    return JSONResponse(ServiceErrorBody(error=error, message=message).model_dump(), status)
+def json_error(
+    status: int, error: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An error answer of any of our apps: ``{"error": code, "message": …}``."""
+    body = ServiceErrorBody(error=error, message=message).model_dump()
+    return JSONResponse(body, status, headers=headers)
 
 
 PUBLIC_PATHS = ("/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
@@ -121,7 +133,7 @@ class TokenGate:
         given = dict(scope["headers"]).get(b"authorization", b"")
         scheme, _, token = given.partition(b" ")
         if scheme.lower() != b"bearer" or not secrets.compare_digest(token, self.token):
-            response = _error(401, "unauthorized", "a valid bearer token is required")
+            response = json_error(401, "unauthorized", "a valid bearer token is required")
             await response(scope={"type": "http"}, receive=_no_body, send=send)  # type: ignore[arg-type]
             return
         await self.app(scope, receive, send)
@@ -183,17 +195,17 @@ def json_errors(app: FastAPI, logger: logging.Logger) -> None:
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()))
-        return _error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid request')}")
+        return json_error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid request')}")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {413: "image_too_large", 404: "not_found", 405: "method_not_allowed"}
-        return _error(exc.status_code, code.get(exc.status_code, "http_error"), str(exc.detail))
+        return json_error(exc.status_code, code.get(exc.status_code, "http_error"), str(exc.detail))
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error in %s", request.url.path)
-        return _error(500, "internal", "unexpected error; it was logged")
+        return json_error(500, "internal", "unexpected error; it was logged")
 
 
 def create_service(
@@ -234,7 +246,7 @@ def create_service(
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return _error(exc.status, exc.error, exc.message)
+        return json_error(exc.status, exc.error, exc.message)
 
     json_errors(app, log)
 

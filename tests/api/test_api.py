@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -33,16 +32,10 @@ SECRET = os.environ["AURUM_WEBHOOK_SECRET"]
 TIMEOUT = 90
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def api(pipeline_worker, tmp_path_factory) -> Iterator[str]:
     """`aurum-ml serve api` on a free loopback port, keys set, 20 submits/min per key."""
-    port = _free_port()
+    port = chaos.free_port()
     log = (tmp_path_factory.mktemp("api") / "api.log").open("w")
     env = dict(
         os.environ,

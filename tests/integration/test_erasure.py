@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -302,19 +301,13 @@ def test_a_pickle_message_is_refused_without_its_body_in_the_log(worker, logs):
 # --- 4. the append-only file after an erasure -------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture()
 def aof_redis(tmp_path) -> Iterator[str]:
     """A Redis of our own with AOF on, in a temporary folder, on a free loopback port."""
     server = shutil.which("redis-server")
     if server is None:
         pytest.skip("redis-server is not installed")
-    port = _free_port()
+    port = chaos.free_port()
     process = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
          "--appendonly", "yes", "--save", ""],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,14 +16,11 @@ import requests
 from redisdb import CLAIM_KEY, claim_redis_db
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+import chaos  # noqa: E402
+
 PORTS = ("API_PORT", "DETECTION_PORT", "EMBEDDING_PORT", "FLOWER_PORT", "METRICS_PORT")
 _OURS = ("AURUM_", "QDRANT_", "TASK_", "RETRY_", "COOLDOWN_", "FACE_", "ML_SERVICE", "FLOWER_")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _listening(port: int) -> bool:
@@ -61,7 +59,7 @@ def test_make_up_runs_the_stack_and_make_down_stops_it(tmp_path, photos):
     client = redis.Redis.from_url(broker)
     client.flushdb()
     client.set(CLAIM_KEY, os.getpid(), ex=7200)
-    ports = {name: str(_free_port()) for name in PORTS}
+    ports = {name: str(chaos.free_port()) for name in PORTS}
     env = {k: v for k, v in os.environ.items() if not k.startswith(_OURS)}
     env.update(ports, AURUM_BROKER_URL=broker, AURUM_DATA_DIR=str(tmp_path / "data"))
     make = ["make", "--no-print-directory", f"STACK={tmp_path / 'stack'}"]

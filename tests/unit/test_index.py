@@ -79,18 +79,17 @@ def test_top_includes_every_face_tied_with_the_last(index):
     assert {pid for pid, _ in index.top(2)} == {"a", "b", "c", "d"}
 
 
-def test_replace_swaps_in_a_recomputed_index(index):
+def test_a_staged_rerank_swaps_in_a_recomputed_index(index, runtime):
     vectors = _vectors(300)
     _fill(index, vectors)
     units = np.vstack([unit(v) for v in vectors])
     typicalities = units @ unit(units.sum(axis=0))
-
-    def build(live):
-        assert live == {str(i) for i in range(300)}
-        ids = [str(i) for i in range(300)]
-        return ids, units, typicalities, {"distribution": None, "thresholds": {}}
-
-    index.replace(build)
+    ids = [str(i) for i in range(300)]
+    assert index.members() == set(ids)
+    index.stage_clear()
+    index.stage(ids, typicalities)
+    stats = {"distribution": None, "thresholds": {}}
+    assert index.swap_staged(units.sum(axis=0), 300, stats, set(), runtime.vectors) == 300
     expected = midrank_percentiles(typicalities)
     for i in (0, 17, 150, 299):
         standing = index.standing(str(i))
