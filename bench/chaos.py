@@ -258,6 +258,12 @@ def run_caller(args: argparse.Namespace) -> None:
             progress.flush()
         time.sleep(0.05)
     pending_total = len(pending) + (args.jobs - submitted)
+    stuck = {}
+    if pending:
+        import redis
+
+        url = os.environ.get("AURUM_REDIS_URL") or os.environ["AURUM_BROKER_URL"]
+        stuck = stuck_snapshot(redis.Redis.from_url(url, socket_timeout=5), sorted(pending))
     resolved_s = round(time.monotonic() - started, 1)
     # the app still works afterwards: one more round trip, tried as an app would (3 times;
     # a transient error is counted in caller_errors, a dead app fails all three)
@@ -290,6 +296,8 @@ def run_caller(args: argparse.Namespace) -> None:
         "outcomes": dict(Counter(outcomes.values())),
         "sources": dict(sources),
         "unresolved": pending_total,
+        "unresolved_ids": sorted(pending)[:20],
+        "stuck": stuck,
         "seconds": resolved_s,  # until every job had resolved
         "caller_errors": dict(caller_errors),
         "after": after,
@@ -405,9 +413,40 @@ def workers(stack: Stack) -> Iterator[tuple[Worker, Worker]]:
         stack.redis.stop()
 
 
+def stuck_snapshot(client: Any, job_ids: list[str]) -> dict[str, Any]:
+    """Where unresolved jobs stand, taken by the caller at its deadline (before it erases
+    the run's users): each queue's length, the broker's unacked messages and the keys each
+    job still has (image refs, chip, vector, a pending placement, a result)."""
+    from aurum_ml.celery_app import config
+
+    found: dict[str, Any] = {}
+    try:
+        found["queues"] = {q: client.llen(q) for q in config.QUEUES}
+        found["unacked"] = client.hlen("unacked")
+        found["jobs"] = {
+            job_id: sorted(
+                key.decode().replace(job_id, "{id}")
+                for key in client.scan_iter(f"*{job_id}*", count=1000)
+            )
+            for job_id in job_ids[:5]
+        }
+    except Exception as exc:  # noqa: BLE001 - a snapshot never hides the failure itself
+        found["error"] = f"{type(exc).__name__}: {exc}"
+    return found
+
+
+def log_tails(stack: Stack, lines: int = 12) -> dict[str, list[str]]:
+    return {
+        log.name: [line[:240] for line in log.read_text(errors="replace").splitlines()[-lines:]]
+        for log in sorted(stack.folder.glob("*.log"))
+    }
+
+
 def finish(stack: Stack, caller: Caller, seconds: float) -> dict[str, Any]:
     """The caller's summary, plus what is left in Redis once the jobs and erasures ran."""
     summary = caller.wait(seconds)
+    if summary["unresolved"]:
+        summary["logs"] = log_tails(stack)
     summary["leftovers"] = _settled_leftovers(stack)
     summary["mentions_after_forget"] = mentions(stack, f"{caller.prefix}-")
     return summary

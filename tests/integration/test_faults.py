@@ -8,6 +8,7 @@ come back quickly; production computes it from the limits (celeryconfig.py)."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ FAST = {"BROKER_VISIBILITY_TIMEOUT": "10", "RETRY_BACKOFF_MAX": "2", "TASK_MAX_R
 
 
 def _no_job_lost(summary: dict, jobs: int) -> None:
+    print(json.dumps(summary, indent=1))  # shown in full when an assertion below fails
     assert summary["after"] == "ok", summary["caller_errors"]  # the calling app still works
     assert summary["unresolved"] == 0, summary
     assert summary["outcomes"] == {"scored": jobs}, summary  # none failed, none rejected
@@ -40,7 +42,9 @@ def test_a_killed_model_workers_jobs_all_come_back(tmp_path, photos):
 
 
 def test_a_redis_restart_fails_no_job_and_the_caller_survives(tmp_path, photos):
-    summary = chaos.restart_redis(tmp_path, photos, jobs=16, stop_after=5, down_s=3.0, **FAST)
+    summary = chaos.restart_redis(
+        tmp_path, photos, jobs=16, stop_after=5, down_s=3.0, deadline_s=240, **FAST
+    )
     _no_job_lost(summary, 16)
 
 
