@@ -188,6 +188,18 @@ broker_transport_options: dict[str, Any] = {
     "unacked_restore_interval": 5,
     "unacked_restore_throttle": 1,
 }
+if (broker_url or "").startswith(("redis://", "rediss://")):
+    # No read may block for ever on a connection a Redis restart left half-open: a read
+    # waits at most 30 s (kombu's own BRPOP waits 1 s, well inside it), a connect 5 s, and
+    # TCP keepalive finds a dead peer. A timed-out connection is a connection error: the
+    # worker reconnects, as after any restart.
+    broker_transport_options |= {
+        "socket_timeout": 30,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+    }
+redis_socket_connect_timeout = 5
+redis_socket_keepalive = True
 result_backend_transport_options: dict[str, Any] = {
     "visibility_timeout": VISIBILITY_TIMEOUT,
     "retry_policy": {"max_retries": 60, "interval_start": 0, "interval_step": 1, "interval_max": 2},
