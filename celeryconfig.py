@@ -129,6 +129,7 @@ _LIMITS = {
     "aurum_ml.stats": (30, 40),
     "aurum_ml.forget_user": (50, 60),
     "aurum_ml.sweep_erased": (50, 60),
+    "aurum_ml.redrive_stalled": (50, 60),
     "aurum_ml.notify": (
         round(_settings.webhook_timeout_s + 10),
         round(_settings.webhook_timeout_s + 15),
@@ -150,6 +151,7 @@ _ACK_EARLY = (
     "aurum_ml.rescore_degraded",
     "aurum_ml.compact_persistence",
     "aurum_ml.probe_health",
+    "aurum_ml.redrive_stalled",
 )
 # The middle stages' results only feed the next stage: not stored (less Redis traffic, no
 # face data lingering in the backend); their errors are, so a failure reaches the caller.
@@ -221,6 +223,12 @@ beat_schedule = {
         "schedule": _settings.health_probe_interval_s,
         # a probe that waited longer than an interval is stale: the next one is coming
         "options": {"expires": _settings.health_probe_interval_s},
+    },
+    # jobs the broker lost (aurum_ml.redrive); a sweep that waited an interval is stale
+    "redrive-stalled": {
+        "task": "aurum_ml.redrive_stalled",
+        "schedule": _settings.redrive_interval_s,
+        "options": {"expires": _settings.redrive_interval_s},
     },
 }
 

@@ -11,6 +11,8 @@
         ├── ConfigError             settings that cannot work (e.g. Qdrant folder held by
         │                           another process)
         ├── ImageExpired            the stored image or vector is gone (TTL passed)
+        ├── JobLost                 the job stalled and was sent again REDRIVE_MAX times
+        │                           without ending (aurum_ml.redrive)
         ├── UserErased              the user was erased after the job was admitted:
         │                           nothing of it is stored
         ├── ServiceError            an ML service said no (401, 404, 422…) or answered
@@ -59,6 +61,7 @@ __all__ = [
     "ConfigError",
     "ImageExpired",
     "InvalidRequest",
+    "JobLost",
     "PermanentError",
     "Reason",
     "RetryableError",
@@ -100,6 +103,10 @@ class ConfigError(PermanentError):
 
 class ImageExpired(PermanentError):
     """The job's image or embedding is no longer stored (its TTL passed)."""
+
+
+class JobLost(PermanentError):
+    """The job stopped between stages and did not end after being sent again."""
 
 
 class UserErased(PermanentError):

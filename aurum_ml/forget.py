@@ -5,7 +5,8 @@ from then on no job admitted earlier can store anything — a stage still in fli
 redelivered message or the fallback's re-score days later all stop with ``UserErased``.
 Then: Qdrant points (vectors and payloads), their entries in the score index and the
 centroid sums, the cached latest result, the cooldown, the degraded jobs waiting for a
-re-score and their images, any image or embedding still in flight, the Celery results of
+re-score and their images, any image or embedding still in flight and the jobs' entries
+in the in-flight ledger (aurum_ml.redrive), the Celery results of
 the user's jobs, and the user's name in *other* users' match lists (their cached results
 and their Celery results).
 
@@ -65,6 +66,7 @@ def forget_user(
     all_jobs = sorted({*job_ids, *degraded_jobs})
     results.forget(all_jobs)
     runtime.hooks.drop(all_jobs)  # a webhook not yet sent reads the (gone) result: none
+    runtime.inflight.done(*all_jobs)  # a job in flight stops at its next stage anyway
     named = runtime.users.forget_matches(user_id)
     scrubbed = results.scrub(named, runtime.users.erasure_key(user_id))
     return {

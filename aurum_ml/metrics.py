@@ -8,7 +8,10 @@ fallback flag. This collector reads them from Redis at scrape time:
 - ``aurum_service_up{service}``, ``aurum_service_availability{service}``,
   ``aurum_service_latency_seconds{service}`` from the last probes;
 - ``aurum_queue_messages{queue}`` waiting messages per Celery queue (Redis broker only);
-- ``aurum_degraded_jobs{state="pending"|"expired"}``; ``aurum_faces{model}``.
+- ``aurum_degraded_jobs{state="pending"|"expired"}``; ``aurum_faces{model}``;
+- ``aurum_jobs_in_flight`` jobs between intake and their end, and
+  ``aurum_oldest_job_idle_seconds`` since a stage last started on the longest-idle one
+  (aurum_ml.redrive sends a job again once it passes STALLED_AFTER).
 
 ``aurum-ml metrics`` prints them (for a node-exporter textfile), or serves them with
 ``--port``.
@@ -82,6 +85,15 @@ class PipelineCollector(Collector):
         degraded.add_metric(["pending"], len(self.runtime.degraded.pending()))
         degraded.add_metric(["expired"], len(self.runtime.degraded.expired()))
         yield degraded
+        ledger = self.runtime.inflight
+        yield GaugeMetricFamily(
+            "aurum_jobs_in_flight", "Jobs between intake and their end", value=ledger.count()
+        )
+        yield GaugeMetricFamily(
+            "aurum_oldest_job_idle_seconds",
+            "Seconds since a stage last started on the longest-idle job in flight (0: none)",
+            value=ledger.oldest_age_s() or 0.0,
+        )
         faces = GaugeMetricFamily("aurum_faces", "Faces in the score index", labels=["model"])
         faces.add_metric([self.runtime.index.model], self.runtime.index.count())
         yield faces

@@ -18,7 +18,7 @@ from aurum_ml.backends.simulated import SimulatedBackend
 from aurum_ml.index import ScoreIndex
 from aurum_ml.schemas import Job, Result
 from aurum_ml.settings import Settings, get_settings
-from aurum_ml.state import DegradedJobs, PipelineState, connect
+from aurum_ml.state import DegradedJobs, InFlight, PipelineState, connect
 from aurum_ml.users import UserRecords
 from aurum_ml.vectors import VectorStore, point_id
 from aurum_ml.webhooks import HookRecords
@@ -39,6 +39,7 @@ class Runtime:
     users: UserRecords
     degraded: DegradedJobs
     hooks: HookRecords  # webhooks wanted for jobs (aurum_ml.webhooks)
+    inflight: InFlight  # jobs between intake and their end (aurum_ml.redrive)
 
     # The stages, wired to this runtime's parts (the tasks and the re-score call these).
     def detect(self, job: Job, backend: FaceBackend) -> Job:
@@ -100,6 +101,7 @@ def build_runtime(settings: Settings, local: LocalFaceModel | None = None) -> Ru
         ),
         degraded=DegradedJobs(client, keep_s=max(settings.result_expires_s, 7 * 86400)),
         hooks=HookRecords(client, keep_s=settings.result_expires_s),
+        inflight=InFlight(client, keep_s=settings.result_expires_s),
     )
 
 

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
         None, ge=5, validation_alias="BROKER_VISIBILITY_TIMEOUT"
     )
     result_expires_s: int = Field(86400, ge=60, validation_alias="RESULT_EXPIRES")
+    # a job with no stage started for this long, and no backlog it could be waiting in, was
+    # lost by the broker: beat sends it again (aurum_ml.redrive)
+    stalled_after_s: int = Field(600, ge=5, validation_alias="STALLED_AFTER")
+    redrive_interval_s: float = Field(60.0, gt=0, le=3600, validation_alias="REDRIVE_INTERVAL")
+    redrive_max: int = Field(3, ge=0, le=20, validation_alias="REDRIVE_MAX")
     compact_min_interval_s: int = Field(600, ge=0, validation_alias="COMPACT_MIN_INTERVAL")
 
     # --- ML services: detection and embedding over HTTP, and the fallback ----------------

@@ -28,7 +28,7 @@ from aurum_ml.errors import ImageExpired, StateUnavailable
 from aurum_ml.schemas import Job
 from aurum_ml.settings import Settings
 
-__all__ = ["DegradedJobs", "PipelineState", "connect", "redis_errors"]
+__all__ = ["DegradedJobs", "InFlight", "PipelineState", "connect", "redis_errors"]
 
 _fake_server = None
 _fake_lock = threading.Lock()
@@ -214,4 +214,75 @@ class DegradedJobs:
         with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(self._ids, job_id)
             pipe.zadd(self._expired, {job_id: time.time()})
+            pipe.execute()
+
+
+class InFlight:
+    """The ledger of jobs between intake and their end, kept apart from the broker, so a
+    job whose message the broker lost (a crash between its last fsync and the restart, a
+    message popped by a worker that died before it recorded it) is found and sent again
+    (aurum_ml.redrive).
+
+    ``aurum:inflight`` is a sorted set of job ids scored by the time a stage last started
+    on the job; ``aurum:inflight:job:{id}`` a hash of the job as intake admitted it (ids,
+    hashes and flags: no image, no vector) and how often it was sent again. A job's end
+    (its result stored, or a failure) removes both."""
+
+    _ids = "aurum:inflight"
+
+    def __init__(self, client: Any, keep_s: int) -> None:
+        self.redis = client
+        self.keep_s = keep_s
+
+    @staticmethod
+    def _key(job_id: str) -> str:
+        return f"aurum:inflight:job:{job_id}"
+
+    def enter(self, job: Job) -> None:
+        with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self._key(job.job_id), mapping={"job": job.model_dump_json(), "redrives": 0})
+            pipe.expire(self._key(job.job_id), self.keep_s)
+            pipe.zadd(self._ids, {job.job_id: time.time()})
+            pipe.execute()
+
+    def touch(self, job_id: str) -> None:
+        """A stage started on the job (a job no longer in the ledger stays out)."""
+        with redis_errors():
+            self.redis.zadd(self._ids, {job_id: time.time()}, xx=True)
+
+    def done(self, *job_ids: str) -> None:
+        if not job_ids:
+            return
+        with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self._ids, *job_ids)
+            pipe.delete(*(self._key(j) for j in job_ids))
+            pipe.execute()
+
+    def stalled(self, idle_s: float) -> list[str]:
+        """Jobs no stage started on for ``idle_s`` seconds, oldest first."""
+        with redis_errors():
+            ids = self.redis.zrangebyscore(self._ids, "-inf", time.time() - idle_s)
+        return [i.decode() for i in ids]
+
+    def oldest_age_s(self) -> float | None:
+        with redis_errors():
+            first = self.redis.zrange(self._ids, 0, 0, withscores=True)
+        return time.time() - first[0][1] if first else None
+
+    def count(self) -> int:
+        with redis_errors():
+            return int(self.redis.zcard(self._ids))
+
+    def load(self, job_id: str) -> tuple[Job, int] | None:
+        """(the job as admitted, times it was sent again)."""
+        with redis_errors():
+            raw = self.redis.hgetall(self._key(job_id))
+        if b"job" not in raw:
+            return None
+        return Job.model_validate_json(raw[b"job"]), int(raw.get(b"redrives", 0))
+
+    def redriven(self, job_id: str) -> None:
+        with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(self._key(job_id), "redrives", 1)
+            pipe.zadd(self._ids, {job_id: time.time()})
             pipe.execute()

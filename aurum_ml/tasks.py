@@ -25,7 +25,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 
 from aurum_ml import queries, webhooks
 from aurum_ml.backends import FaceBackend
-from aurum_ml.celery_app import app
+from aurum_ml.celery_app import app, config
 from aurum_ml.errors import (
     BadInput,
     InvalidRequest,
@@ -41,6 +41,7 @@ from aurum_ml.imaging import decode_base64, inspect_image
 from aurum_ml.intake import PARAMETERS, check_score_request
 from aurum_ml.persistence import compact
 from aurum_ml.recovery import rescore_degraded as rescore_degraded_jobs
+from aurum_ml.redrive import redrive_stalled as redrive_stalled_jobs
 from aurum_ml.rerank import rerank as rerank_index
 from aurum_ml.runtime import Runtime, get_runtime
 from aurum_ml.schemas import Job, Result, check_user_id
@@ -57,6 +58,7 @@ __all__ = [
     "leaderboard",
     "notify",
     "probe_health",
+    "redrive_stalled",
     "rerank",
     "rescore_degraded",
     "score",
@@ -158,8 +160,11 @@ _REDACTED = {"image_b64": "<image>", "user_id": "<user>"}
 
 
 def _job_ended(job_id: str) -> None:
-    """Send the job's webhook if one was asked for (its message carries the job id only:
-    the notify task reads the outcome from the result backend)."""
+    """The job leaves the in-flight ledger; its webhook goes if one was asked for (its
+    message carries the job id only: the notify task reads the outcome from the result
+    backend)."""
+    with contextlib.suppress(Exception):  # a ledger entry left behind: the sweep ends it
+        get_runtime().inflight.done(job_id)
     try:
         if get_runtime().hooks.wanted(job_id):
             notify.apply_async((job_id,))
@@ -265,7 +270,14 @@ def score_face(
         submitted_at=time.time(),
         epoch=epoch,
     )
-    return self.replace(chain(detect.s(_dump(job)), embed.s(), score.s(), store.s()))
+    runtime.inflight.enter(job)  # from here a lost message is found (aurum_ml.redrive)
+    return self.replace(_stages(job))
+
+
+def _stages(job: Job, job_id: str | None = None) -> Any:
+    """detect → embed → score → store; ``job_id`` names the store stage (a re-sent job)."""
+    last = store.s() if job_id is None else store.s().set(task_id=job_id)
+    return chain(detect.s(_dump(job)), embed.s(), score.s(), last)
 
 
 def _with_service_or_fallback(
@@ -290,6 +302,7 @@ def _with_service_or_fallback(
 def detect(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     rt = get_runtime()
     current = Job.model_validate(job)
+    rt.inflight.touch(current.job_id)
     return _dump(
         _with_service_or_fallback(
             self,
@@ -304,6 +317,7 @@ def detect(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 def embed(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     rt = get_runtime()
     current = Job.model_validate(job)
+    rt.inflight.touch(current.job_id)
     return _dump(
         _with_service_or_fallback(
             self,
@@ -317,13 +331,17 @@ def embed(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 @app.task(bind=True, base=PipelineTask, name="aurum_ml.score")
 def score(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     rt = get_runtime()
-    return _dump(rt.score(Job.model_validate(job)))
+    current = Job.model_validate(job)
+    rt.inflight.touch(current.job_id)
+    return _dump(rt.score(current))
 
 
 @app.task(bind=True, base=PipelineTask, name="aurum_ml.store")
 def store(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     rt = get_runtime()
-    result = rt.store(Job.model_validate(job))
+    current = Job.model_validate(job)
+    rt.inflight.touch(current.job_id)
+    result = rt.store(current)
     # ids, outcome, reason code and timings only: see aurum_ml.logs
     log.info(
         "job %s %s%s in %.0f ms",
@@ -362,6 +380,44 @@ def rescore_degraded() -> dict[str, Any]:
         app.backend.store_result(job_id, result, states.SUCCESS)
 
     return rescore_degraded_jobs(get_runtime(), replace)
+
+
+def stage_backlog() -> int:
+    """Messages waiting in the stage queues (Redis or RabbitMQ)."""
+    total = 0
+    with app.connection_for_read() as conn:
+        for queue in config.STAGE_QUEUES:
+            channel = conn.channel()  # a refused passive declare closes its channel
+            try:
+                total += channel.queue_declare(queue, passive=True).message_count
+            except conn.channel_errors:  # no such queue (Redis drops an empty list)
+                pass
+            finally:
+                with contextlib.suppress(Exception):
+                    channel.close()
+    return total
+
+
+@app.task(base=PipelineTask, name="aurum_ml.redrive_stalled")
+def redrive_stalled() -> dict[str, list[str]]:
+    """Beat's sweep for jobs the broker lost: sent again, or failed with a typed error."""
+    rt = get_runtime()
+
+    def has_result(job_id: str) -> bool:
+        return app.AsyncResult(job_id).state in states.READY_STATES
+
+    def fail(job: Job, exc: PermanentError) -> None:
+        app.backend.mark_as_failure(job.job_id, exc)
+        rt.release_failed(job)
+        _job_ended(job.job_id)
+
+    return redrive_stalled_jobs(
+        rt,
+        has_result=has_result,
+        backlog=stage_backlog,
+        send=lambda job: _stages(job, job.job_id).apply_async(),
+        fail=fail,
+    ).as_dict()
 
 
 @app.task(base=PipelineTask, name="aurum_ml.get_score")

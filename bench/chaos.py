@@ -401,13 +401,25 @@ def mentions(stack: Stack, needle: str) -> int:
 
 
 @contextlib.contextmanager
-def workers(stack: Stack) -> Iterator[tuple[Worker, Worker]]:
-    """The scenario's model and store workers; everything (Redis too) stopped at the end."""
+def workers(stack: Stack, beat: bool = False) -> Iterator[tuple[Worker, Worker]]:
+    """The scenario's model and store workers, and beat if asked (its sweep sends lost
+    jobs again: aurum_ml.redrive); everything (Redis too) stopped at the end."""
     store = Worker(stack, "store", STORE_QUEUES, "threads", 1).start()
     model = Worker(stack, "model", MODEL_QUEUES, "prefork", 2).start()
+    beat_process = None
+    if beat:
+        with (stack.folder / "beat.log").open("a") as log:
+            beat_process = subprocess.Popen(
+                [str(BIN / "celery"), "-A", "aurum_ml", "beat", "-s",
+                 str(stack.folder / "schedule"), "--loglevel", "INFO"],
+                env=stack.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            )  # fmt: skip
     try:
         yield model, store
     finally:
+        if beat_process is not None:
+            beat_process.terminate()
+            beat_process.wait(30)
         model.stop()
         store.stop()
         stack.redis.stop()
@@ -457,7 +469,7 @@ def kill_model_worker(
 ) -> dict[str, Any]:
     """SIGKILL the model worker's process group mid-run, restart it; count what came back."""
     stack = Stack.create(folder, **env)
-    with workers(stack) as (model, _):
+    with workers(stack, beat=True) as (model, _):
         caller = Caller(stack, jobs, photos, "kill").start(deadline_s=600)
         wait_for(lambda: caller.finished() >= kill_after, "jobs before the kill", 300)
         model.kill()
@@ -483,7 +495,7 @@ def restart_redis(
 ) -> dict[str, Any]:
     """Shut Redis (broker, results, state; AOF on) down mid-run and start it again."""
     stack = Stack.create(folder, **env)
-    with workers(stack):
+    with workers(stack, beat=True):
         caller = Caller(stack, jobs, photos, "redis").start(deadline_s=deadline_s)
         wait_for(lambda: caller.finished() >= stop_after, "jobs before the restart", 300)
         stack.redis.stop()
@@ -525,7 +537,7 @@ def rabbitmq_connections(
         stack.env.update(
             AURUM_BROKER_URL=vhost.url, AURUM_RESULT_BACKEND=redis_url, AURUM_REDIS_URL=redis_url
         )
-        with workers(stack):
+        with workers(stack, beat=True):
             caller = Caller(stack, jobs, photos, "rabbit").start(deadline_s=600)
             wait_for(lambda: caller.finished() >= close_after, "jobs before the failure", 300)
             vhost.close_connections()

@@ -4,7 +4,8 @@ calling app keeps working, and a stage run twice for one job changes nothing.
 The fault scenarios are bench/chaos.py's (what `make chaos` runs at full size), small:
 their own redis-server (AOF on) on a free loopback port, celery workers and the calling app
 as subprocesses. The visibility timeout is cut to 10 s here so a killed worker's messages
-come back quickly; production computes it from the limits (celeryconfig.py)."""
+come back quickly, and beat sweeps for lost jobs every 5 s; production computes the
+timeout from the limits (celeryconfig.py) and sweeps every minute."""
 
 from __future__ import annotations
 
@@ -21,7 +22,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import chaos  # noqa: E402
 
-FAST = {"BROKER_VISIBILITY_TIMEOUT": "10", "RETRY_BACKOFF_MAX": "2", "TASK_MAX_RETRIES": "8"}
+FAST = {
+    "BROKER_VISIBILITY_TIMEOUT": "10",
+    "RETRY_BACKOFF_MAX": "2",
+    "TASK_MAX_RETRIES": "8",
+    # beat's sweep sends a job the broker lost again after 20 s without progress
+    "STALLED_AFTER": "20",
+    "REDRIVE_INTERVAL": "5",
+}
 
 
 def _no_job_lost(summary: dict, jobs: int) -> None:

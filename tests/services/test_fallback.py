@@ -394,3 +394,4 @@ def test_metrics_export_the_flag_transitions_and_queues(
     assert 'aurum_fallback_transitions_total{to="off"} 1.0' in text
     assert 'aurum_service_up{service="detection"} 1.0' in text
     assert 'aurum_queue_messages{queue="embed"}' in text
+    assert "aurum_jobs_in_flight " in text and "aurum_oldest_job_idle_seconds " in text

@@ -1,0 +1,146 @@
+"""No job waits for ever: a job whose message the broker lost is sent again by beat's
+sweep and resolves under its own id; one that cannot be sent again fails with a typed
+error; an erased user's lost job is dropped; a backlog is waited out, never doubled.
+
+A lost message is made the way a broker loses one: the job is admitted exactly as intake
+admits it (image stored, ledger entry) and its message is gone. Real Redis, a real worker
+thread, real models and photos."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+
+import pytest
+from celery.result import AsyncResult
+
+from aurum_ml import tasks
+from aurum_ml.errors import ImageExpired, JobLost
+from aurum_ml.redrive import redrive_stalled
+from aurum_ml.schemas import Job
+
+from samples import b64, no_face
+
+TIMEOUT = 90
+LEDGER = "aurum:inflight"
+
+
+def _admitted_and_lost(runtime, photos, name: str = "obama.jpg", image: bool = True) -> Job:
+    """What intake leaves behind for a job whose every message was then lost."""
+    data = (photos / name).read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    job_id = str(uuid.uuid4())
+    user = f"redrive-{job_id[:8]}"
+    epoch, _ = runtime.users.job_epoch(user, job_id)
+    runtime.users.note_job(user, job_id)
+    if image:
+        runtime.state.put_image(sha, data, job_id)
+    job = Job(job_id=job_id, status="pending", user_id=user, image_sha256=sha,
+              submitted_at=time.time(), epoch=epoch)  # fmt: skip
+    runtime.inflight.enter(job)
+    # no stage has started on it for longer than STALLED_AFTER
+    runtime.state.redis.zadd(LEDGER, {job_id: time.time() - runtime.settings.stalled_after_s - 1})
+    return job
+
+
+def _sweep() -> dict[str, list[str]]:
+    return tasks.redrive_stalled.delay().get(timeout=TIMEOUT)
+
+
+def test_the_backlog_counts_what_waits_in_the_stage_queues(runtime):
+    """First in this module: no worker consumes yet."""
+    from aurum_ml.celery_app import app
+
+    before = tasks.stage_backlog()
+    for _ in range(2):
+        tasks.stats.apply_async(queue="embed", routing_key="embed")
+    tasks.stats.apply_async(queue="maintenance", routing_key="maintenance")  # not a stage
+    assert tasks.stage_backlog() == before + 2
+    with app.connection_for_write() as conn:
+        conn.default_channel.queue_purge("embed")
+
+
+def test_a_job_ends_and_leaves_the_ledger(pipeline_worker, runtime, photos):
+    scored = tasks.score_face.delay(b64((photos / "obama2.jpg").read_bytes()), user_id="ledger-1")
+    rejected = tasks.score_face.delay(b64(no_face(photos)), user_id="ledger-2")
+    assert scored.get(timeout=TIMEOUT)["status"] == "scored"
+    assert rejected.get(timeout=TIMEOUT)["status"] == "rejected"
+    ledger = runtime.state.redis
+    for ended in (scored.id, rejected.id):
+        assert ledger.zscore(LEDGER, ended) is None
+        assert not ledger.exists(f"aurum:inflight:job:{ended}")
+    tasks.forget_user.delay("ledger-1").get(timeout=TIMEOUT)
+
+
+def test_a_lost_job_is_sent_again_and_resolves_under_its_id(pipeline_worker, runtime, photos):
+    job = _admitted_and_lost(runtime, photos)
+    swept = _sweep()
+    assert job.job_id in swept["redriven"], swept
+    result = AsyncResult(job.job_id).get(timeout=TIMEOUT)
+    assert result["status"] == "scored" and result["user_id"] == job.user_id
+    assert result["job_id"] == job.job_id
+    assert runtime.state.redis.zscore(LEDGER, job.job_id) is None  # it ended
+    assert not runtime.state.has_image(job.image_sha256)  # released as any job's
+    assert job.job_id not in _sweep()["redriven"]  # nothing left to send
+    tasks.forget_user.delay(job.user_id).get(timeout=TIMEOUT)
+
+
+def test_a_lost_job_whose_image_expired_fails_typed(pipeline_worker, runtime, photos):
+    job = _admitted_and_lost(runtime, photos, image=False)
+    assert job.job_id in _sweep()["failed"]
+    with pytest.raises(ImageExpired):
+        AsyncResult(job.job_id).get(timeout=TIMEOUT)
+    assert runtime.state.redis.zscore(LEDGER, job.job_id) is None
+
+
+def test_a_job_lost_again_and_again_fails_typed(pipeline_worker, runtime, photos):
+    job = _admitted_and_lost(runtime, photos)
+    key = f"aurum:inflight:job:{job.job_id}"
+    runtime.state.redis.hset(key, "redrives", runtime.settings.redrive_max)
+    assert job.job_id in _sweep()["failed"]
+    with pytest.raises(JobLost):
+        AsyncResult(job.job_id).get(timeout=TIMEOUT)
+    assert not runtime.state.has_image(job.image_sha256)  # a failed job lets go of it
+    assert runtime.state.redis.zscore(LEDGER, job.job_id) is None
+
+
+def test_an_erased_users_lost_job_is_dropped_not_sent(pipeline_worker, runtime, photos):
+    job = _admitted_and_lost(runtime, photos)
+    runtime.users.mark_erased(job.user_id)  # erased after admission, by another path
+    swept = _sweep()
+    assert job.job_id in swept["erased"] and job.job_id not in swept["redriven"]
+    assert not runtime.state.has_image(job.image_sha256)
+    assert AsyncResult(job.job_id).state == "PENDING"  # nothing was ever stored for it
+
+
+def test_forget_takes_the_users_jobs_out_of_the_ledger(pipeline_worker, runtime, photos):
+    job = _admitted_and_lost(runtime, photos)
+    tasks.forget_user.delay(job.user_id).get(timeout=TIMEOUT)
+    assert runtime.state.redis.zscore(LEDGER, job.job_id) is None
+    assert not runtime.state.redis.exists(f"aurum:inflight:job:{job.job_id}")
+
+
+def test_a_backlog_is_waited_out_and_a_stored_result_ends_the_entry(runtime, photos):
+    """The sweep itself, with the backlog and the result store given as functions."""
+    waiting = _admitted_and_lost(runtime, photos)
+    sent: list[str] = []
+    out = redrive_stalled(
+        runtime,
+        has_result=lambda job_id: False,
+        backlog=lambda: 7,  # seven messages waiting in the stage queues
+        send=lambda job: sent.append(job.job_id),
+        fail=lambda job, exc: pytest.fail(f"failed {job.job_id}: {exc}"),
+    )
+    assert waiting.job_id in out.waiting and not sent
+    assert runtime.state.redis.zscore(LEDGER, waiting.job_id) is not None  # still watched
+    out = redrive_stalled(
+        runtime,
+        has_result=lambda job_id: job_id == waiting.job_id,  # it ended after all
+        backlog=lambda: 0,
+        send=lambda job: sent.append(job.job_id),
+        fail=lambda job, exc: pytest.fail(f"failed {job.job_id}: {exc}"),
+    )
+    assert waiting.job_id in out.ended and waiting.job_id not in sent
+    assert runtime.state.redis.zscore(LEDGER, waiting.job_id) is None
+    runtime.state.release(waiting.image_sha256, waiting.job_id)
