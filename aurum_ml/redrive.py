@@ -6,20 +6,23 @@ bring back a message the *broker* lost: Redis killed between a write and its fsy
 and died before recording it as unacked, a queue purged by hand. The job then has a
 result nobody will ever write, and its caller waits until its own deadline.
 
-So the pipeline keeps its own ledger (:class:`aurum_ml.state.InFlight`): intake enters
-each admitted job, every stage touches it when it starts, and the job's end (the store
-stage's result, or a failure) takes it out. Beat runs :func:`redrive_stalled` every
-REDRIVE_INTERVAL seconds. A job no stage has started on for STALLED_AFTER seconds is
+So the pipeline keeps its own ledger (:class:`aurum_ml.state.InFlight`): the caller's
+``score_face.apply_async`` enters each job with its request before publishing it, intake
+replaces the request by the admitted job (no image), every stage touches it when it
+starts, and the job's end (the store stage's result, or a failure) takes it out. Beat
+runs :func:`redrive_stalled` every REDRIVE_INTERVAL seconds. A job neither sent nor
+started on by a stage for STALLED_AFTER seconds is
 
 - taken out of the ledger if its result exists after all (its end was not recorded);
 - dropped with its image if its user was erased meanwhile (it must store nothing);
-- failed with ``ImageExpired`` if its image is gone (its TTL passed), or with ``JobLost``
+- failed with ``ImageExpired`` if its image or its record is gone (TTLs), or ``JobLost``
   once it has been sent again REDRIVE_MAX times: a typed answer, never silence;
 - left alone while any stage queue holds messages: it may be waiting behind them (a
   backlog is not a loss, and sending every job of a backlog again would double the load
   exactly when the pipeline is overloaded);
-- otherwise sent again, as detect → embed → score → store with the store stage under the
-  job's id, so the caller's ``AsyncResult`` and webhook resolve as usual. Every stage is
+- otherwise sent again under its own id — its request to intake if intake never started
+  on it, else detect → embed → score → store with the store stage under the job's id —
+  so the caller's ``AsyncResult`` and webhook resolve as usual. Every stage is
   idempotent, so a job that was only slow and then runs twice changes nothing.
 """
 
@@ -32,6 +35,7 @@ from dataclasses import dataclass, field
 from aurum_ml.errors import ImageExpired, JobLost, PermanentError
 from aurum_ml.runtime import Runtime
 from aurum_ml.schemas import Job
+from aurum_ml.state import LedgerEntry
 
 __all__ = ["Outcomes", "redrive_stalled"]
 
@@ -57,13 +61,13 @@ def redrive_stalled(
     *,
     has_result: Callable[[str], bool],
     backlog: Callable[[], int],
-    send: Callable[[Job], None],
-    fail: Callable[[Job, PermanentError], None],
+    send: Callable[[str, LedgerEntry], None],
+    fail: Callable[[str, Job | None, PermanentError], None],
 ) -> Outcomes:
     """One sweep over the stalled jobs (see the module docstring). ``has_result`` says
     whether a job's result is stored, ``backlog`` counts the messages waiting in the stage
-    queues, ``send`` publishes the job's chain again, ``fail`` stores a failure as the
-    job's result (and ends it)."""
+    queues, ``send`` publishes the job again (its request, or its chain once admitted),
+    ``fail`` stores a failure as the job's result and ends it."""
     settings, ledger = runtime.settings, runtime.inflight
     out = Outcomes()
     stalled = ledger.stalled(settings.stalled_after_s)
@@ -71,31 +75,31 @@ def redrive_stalled(
         return out
     waiting_behind = backlog()
     for job_id in stalled:
-        loaded = ledger.load(job_id)
-        if loaded is None:  # its record expired: nothing left to send
-            ledger.done(job_id)
-            continue
-        job, redrives = loaded
         if has_result(job_id):
             ledger.done(job_id)
             out.ended.append(job_id)
-        elif runtime.users.erased_after(job.user_id, job.epoch):
-            runtime.state.release(job.image_sha256, job_id)
+            continue
+        entry = ledger.load(job_id)
+        if entry is None:  # its record (and the request's image) expired
+            fail(job_id, None, ImageExpired("the job stalled and expired before it ran"))
+            out.failed.append(job_id)
+        elif runtime.users.erased_after(entry.user_id, entry.epoch):
+            if entry.job is not None:
+                runtime.state.release(entry.job.image_sha256, job_id)
             ledger.done(job_id)
             out.erased.append(job_id)
         elif waiting_behind:
             out.waiting.append(job_id)
-        elif not runtime.state.has_image(job.image_sha256):
-            fail(
-                job, ImageExpired("the job stalled and its image expired before it was sent again")
-            )
+        elif entry.job is not None and not runtime.state.has_image(entry.job.image_sha256):
+            fail(job_id, entry.job, ImageExpired("the job stalled and its image expired"))
             out.failed.append(job_id)
-        elif redrives >= settings.redrive_max:
-            fail(job, JobLost(f"the job stalled {redrives + 1} times; it was not scored"))
+        elif entry.redrives >= settings.redrive_max:
+            message = f"the job stalled {entry.redrives + 1} times; it was not scored"
+            fail(job_id, entry.job, JobLost(message))
             out.failed.append(job_id)
         else:
             ledger.redriven(job_id)
-            send(job)
+            send(job_id, entry)
             out.redriven.append(job_id)
     if out.redriven or out.failed:
         log.warning(

@@ -19,16 +19,25 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import redis
+from kombu.utils.json import dumps, loads
 
 from aurum_ml.errors import ImageExpired, StateUnavailable
 from aurum_ml.schemas import Job
 from aurum_ml.settings import Settings
 
-__all__ = ["DegradedJobs", "InFlight", "PipelineState", "connect", "redis_errors"]
+__all__ = [
+    "DegradedJobs",
+    "InFlight",
+    "LedgerEntry",
+    "PipelineState",
+    "connect",
+    "redis_errors",
+]
 
 _fake_server = None
 _fake_lock = threading.Lock()
@@ -217,16 +226,30 @@ class DegradedJobs:
             pipe.execute()
 
 
-class InFlight:
-    """The ledger of jobs between intake and their end, kept apart from the broker, so a
-    job whose message the broker lost (a crash between its last fsync and the restart, a
-    message popped by a worker that died before it recorded it) is found and sent again
-    (aurum_ml.redrive).
+@dataclass(frozen=True)
+class LedgerEntry:
+    """A job in the in-flight ledger: its request as the caller sent it (image included)
+    until intake starts on it, then the job as intake admitted it (no image)."""
 
-    ``aurum:inflight`` is a sorted set of job ids scored by the time a stage last started
-    on the job; ``aurum:inflight:job:{id}`` a hash of the job as intake admitted it (ids,
-    hashes and flags: no image, no vector) and how often it was sent again. A job's end
-    (its result stored, or a failure) removes both."""
+    user_id: str
+    epoch: int
+    redrives: int
+    request: dict[str, Any] | None = None  # {"args": [...], "kwargs": {...}}
+    job: Job | None = None
+
+
+class InFlight:
+    """The ledger of jobs between their submission and their end, kept apart from the
+    broker, so a job whose message the broker lost (a crash between its last fsync and the
+    restart, a message popped by a worker that died before it recorded it) is found and
+    sent again (aurum_ml.redrive).
+
+    ``aurum:inflight`` is a sorted set of job ids scored by the time the job was sent or a
+    stage last started on it; ``aurum:inflight:job:{id}`` a hash: the user id, the erasure
+    epoch, how often the job was sent again, and either the request as the caller sent it
+    (the image included: kept at most the image TTL, and dropped as soon as intake starts)
+    or the job as intake admitted it (ids, hashes and flags: no image, no vector). A job's
+    end (its result stored, or a failure) removes both."""
 
     _ids = "aurum:inflight"
 
@@ -238,10 +261,27 @@ class InFlight:
     def _key(job_id: str) -> str:
         return f"aurum:inflight:job:{job_id}"
 
-    def enter(self, job: Job) -> None:
+    def submitted(
+        self, job_id: str, user_id: str, epoch: int, request: dict[str, Any], ttl_s: int
+    ) -> None:
+        """The caller is about to publish the job (``request``: its args and kwargs)."""
+        key = self._key(job_id)
+        fields = {"request": dumps(request), "user_id": user_id, "epoch": epoch, "redrives": 0}
         with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self._key(job.job_id), mapping={"job": job.model_dump_json(), "redrives": 0})
-            pipe.expire(self._key(job.job_id), self.keep_s)
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, ttl_s)
+            pipe.zadd(self._ids, {job_id: time.time()})
+            pipe.execute()
+
+    def enter(self, job: Job) -> None:
+        """Intake admitted the job: the request (and its image) leaves the ledger."""
+        key = self._key(job.job_id)
+        fields = {"job": job.model_dump_json(), "user_id": job.user_id, "epoch": job.epoch}
+        with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=fields)
+            pipe.hdel(key, "request")
+            pipe.hsetnx(key, "redrives", 0)
+            pipe.expire(key, self.keep_s)
             pipe.zadd(self._ids, {job.job_id: time.time()})
             pipe.execute()
 
@@ -273,13 +313,18 @@ class InFlight:
         with redis_errors():
             return int(self.redis.zcard(self._ids))
 
-    def load(self, job_id: str) -> tuple[Job, int] | None:
-        """(the job as admitted, times it was sent again)."""
+    def load(self, job_id: str) -> LedgerEntry | None:
         with redis_errors():
             raw = self.redis.hgetall(self._key(job_id))
-        if b"job" not in raw:
-            return None
-        return Job.model_validate_json(raw[b"job"]), int(raw.get(b"redrives", 0))
+        if b"job" not in raw and b"request" not in raw:
+            return None  # expired
+        return LedgerEntry(
+            user_id=raw.get(b"user_id", b"").decode(),
+            epoch=int(raw.get(b"epoch", 0)),
+            redrives=int(raw.get(b"redrives", 0)),
+            request=loads(raw[b"request"]) if b"request" in raw else None,
+            job=Job.model_validate_json(raw[b"job"]) if b"job" in raw else None,
+        )
 
     def redriven(self, job_id: str) -> None:
         with redis_errors(), self.redis.pipeline(transaction=True) as pipe:

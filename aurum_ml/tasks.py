@@ -21,6 +21,7 @@ import redis
 import requests
 from celery import Task, chain, states
 from celery.exceptions import Reject
+from celery.utils import uuid
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from aurum_ml import queries, webhooks
@@ -47,6 +48,7 @@ from aurum_ml.runtime import Runtime, get_runtime
 from aurum_ml.schemas import Job, Result, check_user_id
 from aurum_ml.settings import get_settings
 from aurum_ml.stages.store import ERASED
+from aurum_ml.state import LedgerEntry
 from aurum_ml.users import UserRecords
 
 __all__ = [
@@ -130,14 +132,24 @@ class IntakeTask(PipelineTask):
     keeps the image and the user id out of logs, events and Flower."""
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
-        check_score_request(args, kwargs, get_settings())
+        request = check_score_request(args, kwargs, get_settings())
         args = tuple(args or ())
         kwargs = dict(kwargs or {})
         shown_args = [_REDACTED.get(PARAMETERS[i], a) for i, a in enumerate(args)]
         shown_kwargs = {k: _REDACTED.get(k, v) for k, v in kwargs.items()}
         options.setdefault("argsrepr", repr(tuple(shown_args)))
         options.setdefault("kwargsrepr", repr(shown_kwargs))
-        return super().apply_async(args, kwargs, **options)
+        if not options.pop("ledger", True):  # sent again by the sweep: already entered
+            return super().apply_async(args, kwargs, **options)
+        job_id = options.setdefault("task_id", uuid())
+        entered = enter_submitted(job_id, request.user_id, args, kwargs)
+        try:
+            return super().apply_async(args, kwargs, **options)
+        except BaseException:
+            if entered:  # never published: nothing to find later
+                with contextlib.suppress(Exception):
+                    get_runtime().inflight.done(job_id)
+            raise
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -157,6 +169,25 @@ class IntakeTask(PipelineTask):
 
 
 _REDACTED = {"image_b64": "<image>", "user_id": "<user>"}
+
+
+def enter_submitted(job_id: str, user_id: str, args: tuple[Any, ...], kwargs: dict) -> bool:
+    """In the caller's process, before publishing: fix the job's erasure epoch now (a photo
+    sent before its user's erasure stores nothing, whenever a worker takes it), note the
+    job under its user (an erasure finds it) and enter its request in the in-flight
+    ledger, so a lost message is sent again. Best effort: with the state Redis out of
+    reach the job is still published (and intake records the epoch), only unwatched
+    until intake starts."""
+    try:
+        rt = get_runtime()
+        epoch, _ = rt.users.job_epoch(user_id, job_id)
+        rt.users.note_job(user_id, job_id)
+        request = {"args": list(args), "kwargs": kwargs}
+        rt.inflight.submitted(job_id, user_id, epoch, request, ttl_s=rt.settings.image_ttl_s)
+    except Exception as exc:  # noqa: BLE001 - the job itself must not fail for this
+        log.warning("job %s: not entered in the in-flight ledger (%s)", job_id, type(exc).__name__)
+        return False
+    return True
 
 
 def _job_ended(job_id: str) -> None:
@@ -406,17 +437,21 @@ def redrive_stalled() -> dict[str, list[str]]:
     def has_result(job_id: str) -> bool:
         return app.AsyncResult(job_id).state in states.READY_STATES
 
-    def fail(job: Job, exc: PermanentError) -> None:
-        app.backend.mark_as_failure(job.job_id, exc)
-        rt.release_failed(job)
-        _job_ended(job.job_id)
+    def send(job_id: str, entry: LedgerEntry) -> None:
+        if entry.job is not None:
+            _stages(entry.job, job_id).apply_async()
+        elif entry.request is not None:
+            args, kwargs = entry.request["args"], entry.request["kwargs"]
+            score_face.apply_async(args, kwargs, task_id=job_id, ledger=False)
+
+    def fail(job_id: str, job: Job | None, exc: PermanentError) -> None:
+        app.backend.mark_as_failure(job_id, exc)
+        if job is not None:
+            rt.release_failed(job)
+        _job_ended(job_id)
 
     return redrive_stalled_jobs(
-        rt,
-        has_result=has_result,
-        backlog=stage_backlog,
-        send=lambda job: _stages(job, job.job_id).apply_async(),
-        fail=fail,
+        rt, has_result=has_result, backlog=stage_backlog, send=send, fail=fail
     ).as_dict()
 
 

@@ -16,7 +16,7 @@ import pytest
 from celery.result import AsyncResult
 
 from aurum_ml import tasks
-from aurum_ml.errors import ImageExpired, JobLost
+from aurum_ml.errors import ImageExpired, JobLost, UserErased
 from aurum_ml.redrive import redrive_stalled
 from aurum_ml.schemas import Job
 
@@ -86,6 +86,61 @@ def test_a_lost_job_is_sent_again_and_resolves_under_its_id(pipeline_worker, run
     tasks.forget_user.delay(job.user_id).get(timeout=TIMEOUT)
 
 
+def _sent_and_lost(runtime, user: str, data: bytes) -> str:
+    """What the caller leaves behind for a job whose intake message was then lost: the
+    caller's own ledger entry (the same function score_face.apply_async runs), and no
+    message."""
+    job_id = str(uuid.uuid4())
+    assert tasks.enter_submitted(job_id, user, (b64(data),), {"user_id": user})
+    runtime.state.redis.zadd(LEDGER, {job_id: time.time() - runtime.settings.stalled_after_s - 1})
+    return job_id
+
+
+def test_a_lost_intake_message_is_sent_again_from_the_callers_entry(
+    pipeline_worker, runtime, photos
+):
+    user = f"redrive-intake-{uuid.uuid4().hex[:6]}"
+    job_id = _sent_and_lost(runtime, user, (photos / "obama3.jpg").read_bytes())
+    assert job_id in _sweep()["redriven"]
+    result = AsyncResult(job_id).get(timeout=TIMEOUT)
+    assert result["status"] == "scored" and result["job_id"] == job_id
+    key = f"aurum:inflight:job:{job_id}"
+    assert runtime.state.redis.zscore(LEDGER, job_id) is None and not runtime.state.redis.exists(
+        key
+    )
+    tasks.forget_user.delay(user).get(timeout=TIMEOUT)
+
+
+def test_the_callers_entry_gives_way_to_the_admitted_job(pipeline_worker, runtime, photos):
+    """Once intake starts, the request (the image) leaves the ledger; the job stays."""
+    user = f"redrive-admit-{uuid.uuid4().hex[:6]}"
+    job_id = _sent_and_lost(runtime, user, (photos / "obama.jpg").read_bytes())
+    key = f"aurum:inflight:job:{job_id}"
+    assert runtime.state.redis.hexists(key, "request")
+    job = Job(job_id=job_id, status="pending", user_id=user, image_sha256="e" * 64,
+              submitted_at=time.time())  # fmt: skip
+    runtime.inflight.enter(job)
+    assert not runtime.state.redis.hexists(key, "request")
+    assert runtime.inflight.load(job_id).job.job_id == job_id
+    runtime.inflight.done(job_id)
+
+
+def test_a_photo_sent_before_an_erasure_stores_nothing(pipeline_worker, runtime, photos):
+    """Its epoch is fixed when it is sent, not when a worker takes it; the erasure also
+    takes the job out of the ledger."""
+    user = f"redrive-erased-{uuid.uuid4().hex[:6]}"
+    data = (photos / "obama2.jpg").read_bytes()
+    job_id = _sent_and_lost(runtime, user, data)
+    tasks.forget_user.delay(user).get(timeout=TIMEOUT)
+    assert runtime.state.redis.zscore(LEDGER, job_id) is None
+    # the message arrives after the erasure (a backlog, a redelivery): nothing is stored
+    late = tasks.score_face.apply_async((b64(data),), {"user_id": user}, task_id=job_id,
+                                        ledger=False)  # fmt: skip
+    with pytest.raises(UserErased):
+        late.get(timeout=TIMEOUT)
+    assert runtime.vectors.user_points(user) == []
+
+
 def test_a_lost_job_whose_image_expired_fails_typed(pipeline_worker, runtime, photos):
     job = _admitted_and_lost(runtime, photos, image=False)
     assert job.job_id in _sweep()["failed"]
@@ -129,8 +184,8 @@ def test_a_backlog_is_waited_out_and_a_stored_result_ends_the_entry(runtime, pho
         runtime,
         has_result=lambda job_id: False,
         backlog=lambda: 7,  # seven messages waiting in the stage queues
-        send=lambda job: sent.append(job.job_id),
-        fail=lambda job, exc: pytest.fail(f"failed {job.job_id}: {exc}"),
+        send=lambda job_id, entry: sent.append(job_id),
+        fail=lambda job_id, job, exc: pytest.fail(f"failed {job_id}: {exc}"),
     )
     assert waiting.job_id in out.waiting and not sent
     assert runtime.state.redis.zscore(LEDGER, waiting.job_id) is not None  # still watched
@@ -138,8 +193,8 @@ def test_a_backlog_is_waited_out_and_a_stored_result_ends_the_entry(runtime, pho
         runtime,
         has_result=lambda job_id: job_id == waiting.job_id,  # it ended after all
         backlog=lambda: 0,
-        send=lambda job: sent.append(job.job_id),
-        fail=lambda job, exc: pytest.fail(f"failed {job.job_id}: {exc}"),
+        send=lambda job_id, entry: sent.append(job_id),
+        fail=lambda job_id, job, exc: pytest.fail(f"failed {job_id}: {exc}"),
     )
     assert waiting.job_id in out.ended and waiting.job_id not in sent
     assert runtime.state.redis.zscore(LEDGER, waiting.job_id) is None
