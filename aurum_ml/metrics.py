@@ -13,6 +13,23 @@ fallback flag. This collector reads them from Redis at scrape time:
   ``aurum_oldest_job_idle_seconds`` since a stage last started on the longest-idle one
   (aurum_ml.redrive sends a job again once it passes STALLED_AFTER).
 
+Per stage (``intake``, ``detect``, ``embed``, ``score``, ``store``), from every worker
+process on every machine:
+
+- ``aurum_stage_duration_seconds{stage}`` a histogram of the time a stage ran (not its
+  queue wait);
+- ``aurum_stage_jobs_total{stage,outcome,source}``: ``outcome`` is ``ok`` (passed on to
+  the next stage), ``admitted`` (intake handed the job to the stages), ``scored``, a
+  rejection reason (``no_face``, ``low_quality``, ``cooldown`` …), ``retried`` or
+  ``failed``; ``source`` the backend that answered: ``service``, ``local``, ``simulated``
+  or ``none``.
+
+They are Redis counters (one pipelined round trip per stage run, :func:`record_stage`),
+not prometheus_client's multiprocess mode: that mode sums the processes of one machine
+through a shared folder, while our workers run on several machines and their prefork
+children come and go. Redis already holds the pipeline's state; the counters are a few
+hundred hash fields, whatever the traffic.
+
 ``aurum-ml metrics`` prints them (for a node-exporter textfile), or serves them with
 ``--port``.
 """
@@ -23,14 +40,66 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from aurum_ml.health import fallback_state, last_probes, transitions
 from aurum_ml.runtime import Runtime
 from aurum_ml.state import redis_errors
 
-__all__ = ["PipelineCollector"]
+__all__ = ["BUCKETS", "STAGES", "PipelineCollector", "record_stage"]
+
+STAGES = ("intake", "detect", "embed", "score", "store")
+# seconds; a stage runs from ~5 ms (score) to seconds (detect on a large photo, a retry)
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_JOBS = "aurum:metrics:stage_jobs"  # hash "{stage}|{outcome}|{source}" → count
+_SECONDS = "aurum:metrics:stage_seconds"  # hash "{stage}|{upper bound}" → count, "|sum"
+
+
+def record_stage(client: Any, stage: str, seconds: float, outcome: str, source: str) -> None:
+    """Count one run of a stage. Never raises: metrics must not fail a job."""
+    bound = next((str(b) for b in BUCKETS if seconds <= b), "+Inf")
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            pipe.hincrby(_JOBS, f"{stage}|{outcome}|{source}", 1)
+            pipe.hincrby(_SECONDS, f"{stage}|{bound}", 1)
+            pipe.hincrbyfloat(_SECONDS, f"{stage}|sum", seconds)
+            pipe.execute()
+    except Exception:  # noqa: BLE001,S110 - a lost sample is the price of a Redis outage
+        pass
+
+
+def _stage_series(client: Any) -> Iterator[Any]:
+    with redis_errors():
+        jobs = client.hgetall(_JOBS)
+        seconds = client.hgetall(_SECONDS)
+    counter = CounterMetricFamily(
+        "aurum_stage_jobs",
+        "Stage runs by outcome (ok, admitted, scored, a rejection reason, retried, failed) "
+        "and source",
+        labels=["stage", "outcome", "source"],
+    )
+    for field, count in sorted(jobs.items()):
+        stage, outcome, source = field.decode().split("|")
+        counter.add_metric([stage, outcome, source], int(count))
+    yield counter
+    histogram = HistogramMetricFamily(
+        "aurum_stage_duration_seconds", "Time a stage ran (not its queue wait)", labels=["stage"]
+    )
+    values = {k.decode(): float(v) for k, v in seconds.items()}
+    for stage in STAGES:
+        if f"{stage}|sum" not in values:
+            continue
+        cumulative, buckets = 0.0, []
+        for bound in (*map(str, BUCKETS), "+Inf"):
+            cumulative += values.get(f"{stage}|{bound}", 0.0)
+            buckets.append((bound, cumulative))
+        histogram.add_metric([stage], buckets, sum_value=values[f"{stage}|sum"])
+    yield histogram
 
 
 class PipelineCollector(Collector):
@@ -97,3 +166,4 @@ class PipelineCollector(Collector):
         faces = GaugeMetricFamily("aurum_faces", "Faces in the score index", labels=["model"])
         faces.add_metric([self.runtime.index.model], self.runtime.index.count())
         yield faces
+        yield from _stage_series(client)

@@ -20,7 +20,7 @@ from typing import Any
 import redis
 import requests
 from celery import Task, chain, states
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject, Retry
 from celery.utils import uuid
 from kombu.exceptions import OperationalError as KombuOperationalError
 
@@ -40,6 +40,7 @@ from aurum_ml.forget import forget_user as forget_user_everywhere
 from aurum_ml.health import fallback_state, probe
 from aurum_ml.imaging import decode_base64, inspect_image
 from aurum_ml.intake import PARAMETERS, check_score_request
+from aurum_ml.metrics import record_stage
 from aurum_ml.persistence import compact
 from aurum_ml.recovery import rescore_degraded as rescore_degraded_jobs
 from aurum_ml.redrive import redrive_stalled as redrive_stalled_jobs
@@ -87,6 +88,28 @@ class PipelineTask(Task):
     dont_autoretry_for = (PermanentError,)
     retry_backoff = True
     retry_jitter = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Runs the task; a stage's run is counted and timed (aurum_ml.metrics)."""
+        stage = _STAGE_OF.get(self.name)
+        if stage is None:
+            return super().__call__(*args, **kwargs)
+        started = time.perf_counter()
+        outcome, source = "failed", "none"
+        try:
+            retval = super().__call__(*args, **kwargs)
+            outcome, source = _outcome(args, retval)
+            return retval
+        except Ignore:  # intake replaced itself with the stages
+            outcome = "admitted"
+            raise
+        except Retry:
+            outcome = "retried"
+            raise
+        finally:
+            with contextlib.suppress(Exception):  # metrics never fail a job
+                client = get_runtime().state.redis
+                record_stage(client, stage, time.perf_counter() - started, outcome, source)
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         if args:
@@ -169,6 +192,31 @@ class IntakeTask(PipelineTask):
 
 
 _REDACTED = {"image_b64": "<image>", "user_id": "<user>"}
+_STAGE_OF = {
+    "aurum_ml.score_face": "intake",
+    "aurum_ml.detect": "detect",
+    "aurum_ml.embed": "embed",
+    "aurum_ml.score": "score",
+    "aurum_ml.store": "store",
+}
+
+
+def _outcome(args: tuple[Any, ...], retval: Any) -> tuple[str, str]:
+    """(outcome, source) of a stage run that returned: a job passed on is ``ok``; a job
+    that came in already rejected and passes through a middle stage is ``skipped``; an end
+    (the store stage, or intake answering at once) is ``scored`` or the rejection reason."""
+    if not isinstance(retval, dict):
+        return "ok", "none"
+    source = str(retval.get("source") or "none")
+    came_in = args[0] if args and isinstance(args[0], dict) else {}
+    status = retval.get("status")
+    if status == "pending":
+        return "ok", source
+    if came_in.get("status") not in (None, "pending") and "image_sha256" in retval:
+        return "skipped", source
+    if status == "rejected":
+        return str(retval.get("reason") or "rejected"), source
+    return str(status), source
 
 
 def enter_submitted(job_id: str, user_id: str, args: tuple[Any, ...], kwargs: dict) -> bool:

@@ -333,19 +333,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # the largest legal body: the base64 of the largest image, plus the JSON around it
     app.add_middleware(BodyLimit, max_bytes=(settings.image_max_bytes + 2) // 3 * 4 + 65536)
 
+    # this process's requests, for Prometheus (GET /metrics): route templates, never ids
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    registry = CollectorRegistry()
+    requests_total = Counter(
+        "aurum_api_requests",
+        "HTTP requests by route template, method and status",
+        ["route", "method", "status"],
+        registry=registry,
+    )
+    request_seconds = Histogram(
+        "aurum_api_request_duration_seconds",
+        "Time to answer an HTTP request",
+        ["route"],
+        registry=registry,
+    )
+
     @app.middleware("http")
     async def log_requests(request: Request, call_next: Any) -> Response:
         started = time.perf_counter()
         response: Response = await call_next(request)
-        route = request.scope.get("route")
-        log.info(
-            "%s %s %d %.0f ms",
-            request.method,
-            getattr(route, "path", "(no route)"),
-            response.status_code,
-            (time.perf_counter() - started) * 1000,
-        )
+        route = getattr(request.scope.get("route"), "path", "(no route)")
+        elapsed = time.perf_counter() - started
+        log.info("%s %s %d %.0f ms", request.method, route, response.status_code, elapsed * 1000)
+        requests_total.labels(route, request.method, str(response.status_code)).inc()
+        request_seconds.labels(route).observe(elapsed)
         return response
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus text format; no key needed, like Flower's: serve it on a private
+        network only (counts and timings by route, nothing about users)."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:

@@ -36,6 +36,7 @@ def detect(job: Job, *, state: PipelineState, backend: FaceBackend, settings: Se
     job = job.model_copy(
         update={
             "model": backend.model,
+            "source": backend.source,  # the embed stage's replaces it once it runs
             "degraded": job.degraded or backend.source == "simulated",
             "timings_ms": job.timings_ms.model_copy(update={"detect": round(elapsed, 1)}),
         }

@@ -323,6 +323,15 @@ def test_health_readiness_and_schema(api):
     assert {"401", "413", "422", "429"} <= set(schema["paths"]["/v1/score"]["post"]["responses"])
 
 
+def test_the_api_serves_its_request_metrics_by_route_template(api):
+    requests.get(f"{api}/v1/jobs/not-a-job-1", headers=_h(), timeout=10)
+    requests.get(f"{api}/v1/jobs/not-a-job-2", timeout=10)  # no key: 401
+    text = requests.get(f"{api}/metrics", timeout=10).text
+    assert 'aurum_api_requests_total{method="GET",route="/v1/jobs/{job_id}",status="401"}' in text
+    assert 'aurum_api_request_duration_seconds_count{route="/v1/jobs/{job_id}"}' in text
+    assert "not-a-job" not in text  # templates, never ids
+
+
 def test_the_api_refuses_a_public_address_without_keys():
     env = {k: v for k, v in os.environ.items() if k != "AURUM_API_KEYS"}
     out = subprocess.run(
