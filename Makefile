@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup photos demo test lint worker up down bench bench-pipeline bench-services bench-api bench-population chaos clean
+.PHONY: setup photos demo test lint alerts worker up down bench bench-pipeline bench-services bench-api bench-population chaos clean
 
 setup: $(VENV)/.installed  ## create .venv and install the project with its test extra
 
@@ -27,6 +27,9 @@ lint: setup
 	$(BIN)/ruff check aurum_ml tests bench celeryconfig.py
 	$(BIN)/ruff format --check aurum_ml tests bench celeryconfig.py
 	$(BIN)/mypy
+
+alerts:  ## check deploy/prometheus and run the alerts' unit tests (needs promtool: apt-get install prometheus)
+	cd deploy/prometheus && promtool check config prometheus.yml && promtool test rules alerts.test.yml
 
 bench: bench-pipeline bench-services bench-api bench-population  ## every benchmark; numbers go to BENCHMARKS.md
 

@@ -538,7 +538,7 @@ def metrics_command(port: int | None, host: str) -> None:
 
     _watches_a_cluster(_settings(), "metrics")
     registry = CollectorRegistry()
-    registry.register(PipelineCollector(get_runtime(), config.QUEUES))
+    registry.register(PipelineCollector(get_runtime(), config.QUEUES, _queue_workers))
     if port is None:
         click.echo(generate_latest(registry).decode(), nl=False)
         return
@@ -547,6 +547,21 @@ def metrics_command(port: int | None, host: str) -> None:
     import threading
 
     threading.Event().wait()
+
+
+def _queue_workers() -> dict[str, int]:
+    """How many workers consume each queue (they answer over the broker within 1 s)."""
+    from aurum_ml.celery_app import app
+
+    counts: dict[str, int] = {}
+    try:
+        answers = app.control.inspect(timeout=1.0).active_queues() or {}
+    except Exception:  # noqa: BLE001 - no broker: no consumer can be seen either
+        return counts
+    for queues in answers.values():
+        for queue in queues or []:
+            counts[queue["name"]] = counts.get(queue["name"], 0) + 1
+    return counts
 
 
 _SERVICES = {"detection": 8001, "embedding": 8002, "api": 8000}

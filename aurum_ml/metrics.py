@@ -9,6 +9,11 @@ fallback flag. This collector reads them from Redis at scrape time:
   ``aurum_service_latency_seconds{service}`` from the last probes;
 - ``aurum_queue_messages{queue}`` waiting messages per Celery queue (Redis broker only);
 - ``aurum_degraded_jobs{state="pending"|"expired"}``; ``aurum_faces{model}``;
+- ``aurum_queue_workers{queue}`` workers consuming each queue (``aurum-ml metrics`` asks
+  them over the broker at each scrape);
+- ``aurum_rerank_last_success_timestamp_seconds``, ``aurum_rerank_duration_seconds``,
+  ``aurum_rerank_interval_seconds``; ``aurum_score_quantile{quantile}`` and
+  ``aurum_score_mean``: the stored scores as of the last re-rank;
 - ``aurum_jobs_in_flight`` jobs between intake and their end, and
   ``aurum_oldest_job_idle_seconds`` since a stage last started on the longest-idle one
   (aurum_ml.redrive sends a job again once it passes STALLED_AFTER).
@@ -36,7 +41,9 @@ hundred hash fields, whatever the traffic.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -102,10 +109,28 @@ def _stage_series(client: Any) -> Iterator[Any]:
     yield histogram
 
 
+RERANK_LAST = "aurum:rerank:last"  # hash: at (unix s), seconds, faces — the last success
+
+
+def rerank_done(client: Any, seconds: float, faces: int) -> None:
+    """Note a successful re-rank (for the staleness alert)."""
+    with contextlib.suppress(Exception):
+        client.hset(RERANK_LAST, mapping={"at": time.time(), "seconds": seconds, "faces": faces})
+
+
 class PipelineCollector(Collector):
-    def __init__(self, runtime: Runtime, queues: tuple[str, ...]) -> None:
+    """``consumers``, when given, returns how many workers consume each queue (the CLI
+    asks the workers over the broker: celery's ``inspect active_queues``)."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        queues: tuple[str, ...],
+        consumers: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
         self.runtime = runtime
         self.queues = queues
+        self.consumers = consumers
 
     def collect(self) -> Iterator[Any]:
         client, settings = self.runtime.state.redis, self.runtime.settings
@@ -167,3 +192,47 @@ class PipelineCollector(Collector):
         faces.add_metric([self.runtime.index.model], self.runtime.index.count())
         yield faces
         yield from _stage_series(client)
+        yield from self._rerank_series(client)
+        if self.consumers is not None:
+            workers = GaugeMetricFamily(
+                "aurum_queue_workers", "Workers consuming a queue", labels=["queue"]
+            )
+            seen = self.consumers()
+            for queue in self.queues:
+                workers.add_metric([queue], seen.get(queue, 0))
+            yield workers
+
+    def _rerank_series(self, client: Any) -> Iterator[Any]:
+        with redis_errors():
+            last = {k.decode(): float(v) for k, v in client.hgetall(RERANK_LAST).items()}
+        yield GaugeMetricFamily(
+            "aurum_rerank_interval_seconds",
+            "How often beat sends the re-rank (RERANK_INTERVAL)",
+            value=self.runtime.settings.rerank_interval_s,
+        )
+        if last:
+            yield GaugeMetricFamily(
+                "aurum_rerank_last_success_timestamp_seconds",
+                "When the last re-rank finished (unix time)",
+                value=last.get("at", 0.0),
+            )
+            yield GaugeMetricFamily(
+                "aurum_rerank_duration_seconds",
+                "How long the last re-rank took",
+                value=last.get("seconds", 0.0),
+            )
+        distribution = self.runtime.index.distribution()
+        if distribution is not None:
+            scores = GaugeMetricFamily(
+                "aurum_score_quantile",
+                "Stored scores (0-100) as of the last re-rank, by quantile",
+                labels=["quantile"],
+            )
+            for q in ("p10", "p25", "p50", "p75", "p90", "p95", "p99"):
+                scores.add_metric([f"0.{q[1:]}"], getattr(distribution, q))
+            yield scores
+            yield GaugeMetricFamily(
+                "aurum_score_mean",
+                "Mean stored score as of the last re-rank",
+                value=distribution.mean,
+            )

@@ -40,7 +40,7 @@ from aurum_ml.forget import forget_user as forget_user_everywhere
 from aurum_ml.health import fallback_state, probe
 from aurum_ml.imaging import decode_base64, inspect_image
 from aurum_ml.intake import PARAMETERS, check_score_request
-from aurum_ml.metrics import record_stage
+from aurum_ml.metrics import record_stage, rerank_done
 from aurum_ml.persistence import compact
 from aurum_ml.recovery import rescore_degraded as rescore_degraded_jobs
 from aurum_ml.redrive import redrive_stalled as redrive_stalled_jobs
@@ -438,7 +438,10 @@ def store(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 @app.task(base=PipelineTask, name="aurum_ml.rerank")
 def rerank() -> dict[str, Any]:
     """Recompute every stored face's typicality and score (beat-scheduled)."""
-    return rerank_index(get_runtime()).as_dict()
+    rt = get_runtime()
+    report = rerank_index(rt)
+    rerank_done(rt.state.redis, report.seconds, report.faces)
+    return report.as_dict()
 
 
 @app.task(base=PipelineTask, name="aurum_ml.probe_health")
