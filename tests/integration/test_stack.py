@@ -13,6 +13,7 @@ from pathlib import Path
 
 import redis
 import requests
+from promnames import served_metric_names, used_metric_names
 from redisdb import CLAIM_KEY, claim_redis_db
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,8 +122,22 @@ def test_make_up_runs_the_stack_and_make_down_stops_it(tmp_path, photos):
             "Flower to have seen the job's tasks",
         )
         assert {t["name"] for t in seen.values()} >= {"aurum_ml.detect", "aurum_ml.store"}
-        exported = requests.get(f"http://127.0.0.1:{ports['METRICS_PORT']}/metrics", timeout=10)
-        assert exported.ok and "aurum_" in exported.text
+        # every metric the alerts and the dashboard read is served, live: the exporter,
+        # Flower and the API (after a re-rank, so its time and the score quantiles exist)
+        rerank = subprocess.run(
+            [str(ROOT / ".venv/bin/aurum-ml"), "rerank"], env=env, capture_output=True,
+            text=True, timeout=120,
+        )  # fmt: skip
+        assert rerank.returncode == 0 and "re-ranked 2 faces" in rerank.stdout, rerank.stderr
+        exporter = f"http://127.0.0.1:{ports['METRICS_PORT']}/metrics"
+        _until(lambda: "aurum_service_up{" in requests.get(exporter, timeout=30).text, 90,
+               "beat's first health probe in the exporter")  # fmt: skip
+        served: set[str] = set()
+        for port in (ports["METRICS_PORT"], ports["FLOWER_PORT"], ports["API_PORT"]):
+            page = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=30)
+            assert page.ok, (port, page.status_code)
+            served |= served_metric_names(page.text)
+        assert used_metric_names() - served == set()
 
         pid = (tmp_path / "stack" / "honcho.pid").read_text()
         again = run("up")

@@ -3,6 +3,7 @@ every queue has its worker pool, one beat, real commands, known variables, priva
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,24 @@ def test_the_api_needs_keys_and_webhooks_have_their_worker(compose):
     assert "/readyz" in " ".join(api["healthcheck"]["test"])
     notify = compose["services"]["worker-notify"]["command"]
     assert notify[notify.index("-Q") + 1] == "notify" and "threads" in notify
+
+
+def test_prometheus_and_grafana_are_provisioned_from_deploy(compose):
+    prometheus, grafana = compose["services"]["prometheus"], compose["services"]["grafana"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    mounts = " ".join(grafana["volumes"])
+    assert "./deploy/grafana/provisioning:" in mounts and "./deploy/grafana/dashboards:" in mounts
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith("${")
+    # what prometheus.yml scrapes are this file's services, on the ports they serve
+    scraped = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    for job in scraped["scrape_configs"]:
+        for target in job["static_configs"][0]["targets"]:
+            host, port = target.split(":")
+            service = compose["services"][host]
+            assert port in " ".join(service["command"] + service.get("ports", [])), target
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "aurum.json").read_text())
+    provisioned = yaml.safe_load(
+        (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
+    uid = provisioned["datasources"][0]["uid"]
+    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {uid}

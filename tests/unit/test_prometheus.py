@@ -74,11 +74,3 @@ def test_every_alert_is_tested_firing_and_has_a_runbook_entry():
         assert name.lower() in anchors, f"docs/runbook.md has no '### {name}' section"
         rule = next(r for r in _alerts() if r["alert"] == name)
         assert rule["annotations"]["runbook"] == f"docs/runbook.md#{name.lower()}"
-
-
-def metric_names_in_rules() -> set[str]:
-    """The metric names alerts.yml reads (recording rules' own names excluded)."""
-    text = (PROMETHEUS / "alerts.yml").read_text()
-    groups = yaml.safe_load(text)["groups"]
-    exprs = " ".join(rule["expr"] for group in groups for rule in group["rules"])
-    return set(re.findall(r"\b((?:aurum|flower)_[a-z_]+)", exprs))
