@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from aurum_ml.runtime import Runtime
+from aurum_ml.state import JobOwners
 
 __all__ = ["SWEEP_AFTER_S", "ResultStore", "forget_user", "sweep"]
 
@@ -67,6 +68,7 @@ def forget_user(
     results.forget(all_jobs)
     runtime.hooks.drop(all_jobs)  # a webhook not yet sent reads the (gone) result: none
     runtime.inflight.done(*all_jobs)  # a job in flight stops at its next stage anyway
+    JobOwners(runtime.state.redis, 0).drop(*all_jobs)  # the API's status URLs: 404 now
     named = runtime.users.forget_matches(user_id)
     scrubbed = results.scrub(named, runtime.users.erasure_key(user_id))
     return {

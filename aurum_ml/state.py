@@ -33,6 +33,7 @@ from aurum_ml.settings import Settings
 __all__ = [
     "DegradedJobs",
     "InFlight",
+    "JobOwners",
     "LedgerEntry",
     "PipelineState",
     "connect",
@@ -331,3 +332,28 @@ class InFlight:
             pipe.hincrby(self._key(job_id), "redrives", 1)
             pipe.zadd(self._ids, {job_id: time.time()})
             pipe.execute()
+
+
+class JobOwners:
+    """The HTTP API's ``aurum:api:job:{job_id}`` → the name of the key that submitted it
+    (no user data). An erasure drops its jobs' records: their status URLs answer 404."""
+
+    def __init__(self, client: Any, keep_s: int) -> None:
+        self.redis, self.keep_s = client, keep_s
+
+    def issue(self, job_id: str, key: str, kind: str) -> None:
+        with redis_errors():
+            self.redis.set(f"aurum:api:job:{job_id}", f"{kind}:{key}", ex=self.keep_s)
+
+    def owner(self, job_id: str) -> tuple[str, str] | None:
+        with redis_errors():
+            raw = self.redis.get(f"aurum:api:job:{job_id}")
+        if raw is None:
+            return None
+        kind, _, key = raw.decode().partition(":")
+        return kind, key
+
+    def drop(self, *job_ids: str) -> None:
+        if job_ids:
+            with redis_errors():
+                self.redis.delete(*(f"aurum:api:job:{j}" for j in job_ids))

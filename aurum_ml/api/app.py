@@ -42,7 +42,7 @@ from aurum_ml.errors import AurumError, ConfigError, InvalidRequest
 from aurum_ml.schemas import ServiceErrorBody, check_user_id
 from aurum_ml.services.app import BodyLimit, json_error, json_errors
 from aurum_ml.settings import Settings, get_settings
-from aurum_ml.state import redis_errors
+from aurum_ml.state import JobOwners
 from aurum_ml.webhooks import HookRecords, check_callback
 
 __all__ = ["ApiError", "create_app"]
@@ -117,29 +117,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 # --- the parts a request needs --------------------------------------------------------------------
-class JobOwners:
-    """``aurum:api:job:{job_id}`` → the name of the key that submitted it (no user data)."""
-
-    def __init__(self, client: Any, keep_s: int) -> None:
-        self.redis, self.keep_s = client, keep_s
-
-    def issue(self, job_id: str, key: str, kind: str) -> None:
-        with redis_errors():
-            self.redis.set(f"aurum:api:job:{job_id}", f"{kind}:{key}", ex=self.keep_s)
-
-    def owner(self, job_id: str) -> tuple[str, str] | None:
-        with redis_errors():
-            raw = self.redis.get(f"aurum:api:job:{job_id}")
-        if raw is None:
-            return None
-        kind, _, key = raw.decode().partition(":")
-        return kind, key
-
-    def drop(self, job_id: str) -> None:
-        with redis_errors():
-            self.redis.delete(f"aurum:api:job:{job_id}")
-
-
 def _key_name(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> str:
     """The name of the caller's key (every key is compared: no early exit)."""
     table: dict[str, str] = request.app.state.settings.api_key_table

@@ -294,6 +294,9 @@ def test_queries_and_forget_via_delete_leave_nothing(api, photos, runtime, redis
     from aurum_ml.celery_app import app
 
     assert app.AsyncResult(scored["job_id"]).state == "PENDING"  # its result is forgotten
+    # its status URL says so, instead of "queued" for ever
+    erased_job = requests.get(scored["status_url"], headers=_h(), timeout=10)
+    assert erased_job.status_code == 404 and erased_job.json()["error"] == "not_found"
     after = requests.get(f"{api}/v1/users/u-api-del/score", headers=_h(), timeout=60)
     assert after.status_code == 404 and after.json()["error"] == "not_found"
     bad = requests.get(f"{api}/v1/users/%20x/score", headers=_h(), timeout=10)
