@@ -8,7 +8,6 @@ routes, queues and JSON-only rule nor be replaced by ours.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
 import socket
@@ -18,10 +17,8 @@ from types import ModuleType
 from typing import Any
 
 from celery import Celery, signals
-from celery.app.amqp import AMQP
-from kombu import Connection
 
-from aurum_ml import logs
+from aurum_ml import broker, logs
 from aurum_ml.errors import ConfigError
 
 __all__ = ["app", "config"]
@@ -59,30 +56,10 @@ def _load_config() -> ModuleType:
     return module
 
 
-class BrokerConnection(Connection):
-    """kombu's Connection, surviving a second close after a broker restart.
-
-    When a worker loses Redis, Celery first collects the connection (the transport lets go
-    of its client) and then closes it. If the first pass could not close the channel —
-    Redis gone mid-BRPOP — the second closes it again and restores the channel's unacked
-    messages through the released transport: kombu raises AttributeError (``conninfo`` is
-    None), Celery calls it unrecoverable, and the worker stops consuming for good (seen in
-    our Redis-restart runs: a model worker dead, its queues never drained). Here that
-    close is given up like a connection error: those messages are already in Redis's
-    unacked set and come back after the visibility timeout."""
-
-    def maybe_close_channel(self, channel: Any) -> None:
-        with contextlib.suppress(AttributeError):
-            super().maybe_close_channel(channel)
-
-
-class _AMQP(AMQP):
-    Connection = BrokerConnection
-
-
 logs.install()  # what a log line may contain: see aurum_ml.logs
+broker.install()  # a Redis restart cannot kill a worker: see aurum_ml.broker
 config = _load_config()
-app = Celery("aurum_ml", include=["aurum_ml.tasks"], amqp=_AMQP)
+app = Celery("aurum_ml", include=["aurum_ml.tasks"])
 app.config_from_object(config)
 # "task-sent" events carry the publishing process's name, which Celery makes up per process
 # ("gen<pid>@host"): every CLI run, API process and worker child would add a label to
