@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup photos demo test lint alerts worker up down bench bench-pipeline bench-services bench-api bench-population chaos clean
+.PHONY: setup photos demo test lint alerts worker up down bench bench-detection bench-pipeline bench-services bench-api bench-population chaos clean
 
 setup: $(VENV)/.installed  ## create .venv and install the project with its test extra
 
@@ -31,10 +31,13 @@ lint: setup
 alerts:  ## check deploy/prometheus and run the alerts' unit tests (needs promtool: apt-get install prometheus)
 	cd deploy/prometheus && promtool check config prometheus.yml && promtool test rules alerts.test.yml
 
-bench: bench-pipeline bench-services bench-api bench-population  ## every benchmark; numbers go to BENCHMARKS.md
+bench: bench-detection bench-pipeline bench-services bench-api bench-population  ## every benchmark; numbers go to BENCHMARKS.md (QUICK=1: fewer rounds, smaller populations)
+
+bench-detection: photos  ## detect before/after coarse to fine, per photo and size
+	$(BIN)/python bench/detection.py $(if $(QUICK),--quick)
 
 bench-pipeline: photos  ## the whole chain on Redis and worker processes vs the raw model loop
-	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/pipeline.py $(if $(QUICK),--quick)
 
 bench-services: photos  ## ML services (1 and 2 uvicorn workers) vs the in-process call
 	$(BIN)/python bench/services.py
@@ -43,7 +46,7 @@ bench-api: photos  ## POST /v1/score?wait=30 vs score_face.delay().get(), same w
 	$(BIN)/python bench/api.py
 
 bench-population: photos  ## score, store, same-person search, re-rank at 1k/10k/100k faces
-	$(BIN)/python bench/population.py
+	$(BIN)/python bench/population.py $(if $(QUICK),--quick)
 
 chaos: photos  ## faults under load (worker kill, Redis and RabbitMQ restarts, services down, bad input) → docs/reliability.md
 	$(BIN)/python bench/chaos.py --jobs 150

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     detect_upsample: int = Field(0, ge=0, le=2, validation_alias="DETECT_UPSAMPLE")
     detect_max_side: int = Field(1280, ge=160, validation_alias="DETECT_MAX_SIDE")
     detect_min_score: float = Field(0.4, validation_alias="DETECT_MIN_SCORE")
+    # HOG coarse to fine: first search without the pyramid's N finest levels (the smallest
+    # faces); the full search runs only when that finds no face, or one near its floor.
+    # 0: always the full search (aurum_ml.backends.local.LocalFaceModel.detect_image)
+    detect_coarse_levels: int = Field(2, ge=0, le=6, validation_alias="DETECT_COARSE_LEVELS")
     min_face_px: int = Field(48, ge=1, validation_alias="MIN_FACE_PX")
     allow_multiple_faces: bool = Field(False, validation_alias="ALLOW_MULTIPLE_FACES")
 

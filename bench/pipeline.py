@@ -56,8 +56,8 @@ def _raw_one(blob: bytes) -> float:
     from aurum_ml.imaging import decode_image
     from aurum_ml.settings import Settings
 
-    if _model is None:
-        _model = LocalFaceModel(Settings())
+    if _model is None:  # the plain library search: the whole HOG pyramid, no coarse pass
+        _model = LocalFaceModel(Settings(DETECT_COARSE_LEVELS=0))
         _model.warm_up()
     started = time.perf_counter()
     image = decode_image(blob, _model.settings)
@@ -187,8 +187,9 @@ def main() -> None:
     lines = [
         f"Photos: {', '.join(PHOTOS)} in turn, at their real sizes and resized to 640 px. Both "
         f"ways on {PROCESSES} processes on the same {os.cpu_count()} cores, in one run. Raw loop: "
-        "decode once, HOG on a ≤ 1280 px copy, 5 landmarks, descriptor (a multiprocessing pool "
-        f"of {PROCESSES}). Chain: `score_face` through real Redis, detect/embed/score on a "
+        "decode once, HOG over its whole pyramid on a ≤ 1280 px copy, 5 landmarks, descriptor "
+        f"(a multiprocessing pool of {PROCESSES}). Chain (detection coarse to fine, "
+        "DETECT_COARSE_LEVELS=2): `score_face` through real Redis, detect/embed/score on a "
         f"prefork pool of {PROCESSES}, store on one thread (local Qdrant folder); saturated = "
         f"{jobs} jobs submitted at once, low load = one job at a time. Python "
         f"{platform.python_version()}.",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,9 @@ def model_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
+HOG_WINDOW_PX = 80  # dlib's frontal face detector scans an 80 × 80 window
+
+
 class LocalFaceModel:
     """The in-process backend. Thread-safe: one lock around the dlib calls."""
 
@@ -59,6 +63,8 @@ class LocalFaceModel:
         self._upsample = settings.detect_upsample
         self._max_side = settings.detect_max_side
         self._min_score = settings.detect_min_score
+        self._coarse_levels = settings.detect_coarse_levels
+        self.searches: Counter[str] = Counter()  # HOG searches answered "coarse" / "full"
         self._lock = threading.Lock()
         self._models: dict[str, Any] | None = None
 
@@ -123,8 +129,7 @@ class LocalFaceModel:
             if "cnn" in models:
                 found = [(d.rect, float(d.confidence)) for d in models["cnn"](small, upsample)]
             else:
-                rects, scores, _ = models["hog"].run(small, upsample, 0.0)
-                found = list(zip(rects, (float(s) for s in scores), strict=True))
+                found = self._hog(models["hog"], small, upsample)
             faces = []
             for rect, score in found:
                 if score < min_score:
@@ -146,6 +151,47 @@ class LocalFaceModel:
                 faces.append(Detection(box=box, landmarks=points, score=round(score, 4)))
         faces.sort(key=lambda f: f.width * f.height, reverse=True)
         return faces
+
+    def _hog(self, detector: Any, image: np.ndarray, upsample: int) -> list[tuple[Any, float]]:
+        """HOG, coarse to fine. dlib scans an image pyramid, each level 5/6 of the one
+        before, with an 80 px window: the finest levels — most of the pixels — look for the
+        smallest faces. A profile photo's face is rarely small, so the search first starts
+        ``DETECT_COARSE_LEVELS`` levels down, on the very pixels dlib's own pyramid would
+        have there (``dlib.pyramid_down``): the same windows, the same scores, boxes mapped
+        back up (±2 px). Its answer stands when every face it found is at least two levels
+        above its floor (no finer level could have held a better window for it) and
+        inside the image; otherwise — no face, a face near the floor, or one the image's
+        edge cuts (there the 5 landmarks, so the embedding, move with a pixel of box) — the
+        full search runs. Faces below
+        the floor beside a larger one are not searched for (they do not make a photo
+        ``multiple_faces``)."""
+        import dlib
+
+        levels = self._coarse_levels if upsample == 0 else 0
+        if levels:
+            pyramid = dlib.pyramid_down(6)
+            coarse = image
+            for _ in range(levels):
+                coarse = pyramid(coarse)
+            rects, scores, _ = detector.run(coarse, 0, 0.0)
+            floor = HOG_WINDOW_PX * (6 / 5) ** (levels + 2)
+            found = []
+            for rect, score in zip(rects, scores, strict=True):
+                for _ in range(levels):
+                    rect = pyramid.rect_up(rect)
+                found.append((rect, float(score)))
+            height, width = image.shape[:2]
+
+            def settled(r: Any) -> bool:
+                inside = r.left() >= 0 and r.top() >= 0 and r.right() < width
+                return inside and r.bottom() < height and min(r.width(), r.height()) >= floor
+
+            if found and all(settled(r) for r, _ in found):
+                self.searches["coarse"] += 1
+                return found
+        self.searches["full"] += 1
+        rects, scores, _ = detector.run(image, upsample, 0.0)
+        return list(zip(rects, (float(s) for s in scores), strict=True))
 
     def align(self, image: np.ndarray, face: Detection) -> np.ndarray:
         """The aligned 150×150 RGB face chip the descriptor is computed on."""

@@ -156,18 +156,27 @@ def test_an_80_px_face_is_scored(pipeline_worker, photos):
     assert out["status"] == "scored", out["message"]
 
 
-def test_same_person_matches_name_other_users_only(pipeline_worker, photos):
-    first = _score(_photo(photos, "obama2.jpg"), "u-match-1")
-    own = _score(_photo(photos, "obama.jpg"), "u-match-1")
-    other = _score(_photo(photos, "obama3.jpg"), "u-match-2")
-    biden = _score(_photo(photos, "biden.jpg"), "u-match-3")
+def test_same_person_matches_name_other_users_only(pipeline_worker, photos, runtime):
+    # every match listed: the suite's earlier tests stored the same photos for other users,
+    # and the closest MATCH_LIMIT of them could leave u-match-1 out
+    wide = build_runtime(
+        runtime.settings.model_copy(update={"match_limit": 100}), local=runtime.local
+    )
+    previous = set_runtime(wide)
+    try:
+        first = _score(_photo(photos, "obama2.jpg"), "u-match-1")
+        own = _score(_photo(photos, "obama.jpg"), "u-match-1")
+        other = _score(_photo(photos, "obama3.jpg"), "u-match-2")
+        biden = _score(_photo(photos, "biden.jpg"), "u-match-3")
+    finally:
+        set_runtime(previous)
     assert "u-match-1" not in {m["user_id"] for m in own["matches"]}
     mine = {m["user_id"]: m for m in other["matches"]}
     assert "u-match-1" in mine and mine["u-match-1"]["distance"] < 0.5
     assert mine["u-match-1"]["point_id"] in (first["point_id"], own["point_id"])
     distances = [m["distance"] for m in other["matches"]]
     assert distances == sorted(distances) and all(d < 0.6 for d in distances)
-    assert len(other["matches"]) <= 10
+    assert len(other["matches"]) <= 100
     assert not {"u-match-1", "u-match-2"} & {m["user_id"] for m in biden["matches"]}
 
 
