@@ -12,6 +12,7 @@ taken from the full-resolution image.
 from __future__ import annotations
 
 import importlib.util
+import math
 import threading
 from collections import Counter
 from pathlib import Path
@@ -43,7 +44,9 @@ def model_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
-HOG_WINDOW_PX = 80  # dlib's frontal face detector scans an 80 × 80 window
+# dlib's frontal face detector scans an 80 × 80 window and reports a box of about 72 px
+# at the pyramid level it matched (72 × (6/5)^level in the image)
+HOG_BOX_PX = 72
 
 
 class LocalFaceModel:
@@ -153,18 +156,20 @@ class LocalFaceModel:
         return faces
 
     def _hog(self, detector: Any, image: np.ndarray, upsample: int) -> list[tuple[Any, float]]:
-        """HOG, coarse to fine. dlib scans an image pyramid, each level 5/6 of the one
-        before, with an 80 px window: the finest levels — most of the pixels — look for the
-        smallest faces. A profile photo's face is rarely small, so the search first starts
-        ``DETECT_COARSE_LEVELS`` levels down, on the very pixels dlib's own pyramid would
-        have there (``dlib.pyramid_down``): the same windows, the same scores, boxes mapped
-        back up (±2 px). Its answer stands when every face it found is at least two levels
-        above its floor (no finer level could have held a better window for it) and
-        inside the image; otherwise — no face, a face near the floor, or one the image's
-        edge cuts (there the 5 landmarks, so the embedding, move with a pixel of box) — the
-        full search runs. Faces below
-        the floor beside a larger one are not searched for (they do not make a photo
-        ``multiple_faces``)."""
+        """HOG, coarse to fine, finding exactly what the full search finds.
+
+        dlib scans an image pyramid, each level 5/6 of the one before, with an 80 px window:
+        the finest levels — most of the pixels — look for the smallest faces. A profile
+        photo's face is rarely small, so the search first starts ``DETECT_COARSE_LEVELS``
+        levels down, on the very pixels dlib's own pyramid has there (``dlib.pyramid_down``):
+        the same windows get the same scores. Each box is mapped back as the full search maps
+        it: down to the window's own pyramid level (its size says which), where it is an
+        exact integer rectangle, then up all the levels at once — the same box to the pixel.
+        The coarse answer stands when every face it found sits at least one level above the
+        coarse search's finest (a finer level could not have held a better window for it)
+        and inside the image; otherwise — no face, a small face, a face the image's edge cuts
+        — the whole pyramid is searched. A face below that floor beside a larger one is not
+        looked for (it does not make a photo ``multiple_faces``)."""
         import dlib
 
         levels = self._coarse_levels if upsample == 0 else 0
@@ -174,19 +179,16 @@ class LocalFaceModel:
             for _ in range(levels):
                 coarse = pyramid(coarse)
             rects, scores, _ = detector.run(coarse, 0, 0.0)
-            floor = HOG_WINDOW_PX * (6 / 5) ** (levels + 2)
-            found = []
-            for rect, score in zip(rects, scores, strict=True):
-                for _ in range(levels):
-                    rect = pyramid.rect_up(rect)
-                found.append((rect, float(score)))
             height, width = image.shape[:2]
-
-            def settled(r: Any) -> bool:
-                inside = r.left() >= 0 and r.top() >= 0 and r.right() < width
-                return inside and r.bottom() < height and min(r.width(), r.height()) >= floor
-
-            if found and all(settled(r) for r, _ in found):
+            found, settled = [], True
+            for rect, score in zip(rects, scores, strict=True):
+                level = max(0, round(math.log(max(rect.width(), 1) / HOG_BOX_PX, 6 / 5)))
+                box = pyramid.rect_up(pyramid.rect_down(rect, level), level + levels)
+                found.append((box, float(score)))
+                inside = box.left() >= 0 and box.top() >= 0
+                inside = inside and box.right() < width and box.bottom() < height
+                settled = settled and level >= 1 and inside
+            if found and settled:
                 self.searches["coarse"] += 1
                 return found
         self.searches["full"] += 1
