@@ -13,11 +13,15 @@ user has no stored face).
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import json
 import logging
+import os
+import shutil
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable
@@ -605,6 +609,12 @@ def serve_command(service: str, host: str, port: int | None, workers: int, log_l
                 f"refusing to serve the API on {host} without keys: set AURUM_API_KEYS "
                 "(name:key,...) or serve on 127.0.0.1"
             )
+        if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # several worker processes: /metrics sums them all (prometheus_client's
+            # multiprocess mode, through a folder they share), not whichever one answers
+            folder = tempfile.mkdtemp(prefix="aurum-api-metrics-")
+            atexit.register(shutil.rmtree, folder, True)
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
     uvicorn.run(
         _FACTORIES[service],
         factory=True,

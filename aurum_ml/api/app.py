@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import logging
 import math
+import os
 import secrets
 import time
 import uuid
@@ -344,6 +345,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         network only (counts and timings by route, nothing about users)."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # `serve api --workers N`: all of them
+            from prometheus_client import multiprocess
+
+            summed = CollectorRegistry()
+            multiprocess.MultiProcessCollector(summed)
+            return Response(generate_latest(summed), media_type=CONTENT_TYPE_LATEST)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(ApiError)

@@ -335,6 +335,40 @@ def test_the_api_serves_its_request_metrics_by_route_template(api):
     assert "not-a-job" not in text  # templates, never ids
 
 
+def test_with_several_workers_the_metrics_sum_them_all(tmp_path):
+    """`serve api --workers 2`: whichever process answers /metrics, it counts every
+    process's requests (prometheus_client's multiprocess mode)."""
+    port = chaos.free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    with (tmp_path / "api.log").open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aurum_ml.cli", "serve", "api", "--port", str(port),
+             "--workers", "2"],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if requests.get(f"{url}/healthz", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "the API did not start"
+            time.sleep(0.2)
+        for _ in range(30):  # fresh connections: the kernel spreads them over both workers
+            assert requests.get(f"{url}/healthz", timeout=5, headers={"Connection": "close"}).ok
+        line = 'aurum_api_requests_total{method="GET",route="/healthz",status="200"}'
+        for _ in range(4):  # whichever worker answers, the same sum
+            page = requests.get(f"{url}/metrics", timeout=5, headers={"Connection": "close"})
+            counted = [x for x in page.text.splitlines() if x.startswith(line)]
+            assert counted and float(counted[0].split()[-1]) == 31.0, counted
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
 def test_the_api_refuses_a_public_address_without_keys():
     env = {k: v for k, v in os.environ.items() if k != "AURUM_API_KEYS"}
     out = subprocess.run(
