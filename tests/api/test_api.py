@@ -32,32 +32,36 @@ SECRET = os.environ["AURUM_WEBHOOK_SECRET"]
 TIMEOUT = 90
 
 
+def _serve_api(env: dict[str, str], log_path, *options: str) -> tuple[subprocess.Popen, str]:
+    """`aurum-ml serve api` on a free loopback port, once it answers /healthz."""
+    port = chaos.free_port()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "aurum_ml.cli", "serve", "api", "--port", str(port), *options],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        assert process.poll() is None, Path(log_path).read_text()[-2000:]  # it died
+        try:
+            return requests.get(f"{url}/healthz", timeout=1).ok
+        except requests.ConnectionError:
+            return False
+
+    chaos.wait_for(answers, "the API to start", 90, 0.2)
+    return process, url
+
+
 @pytest.fixture(scope="module")
 def api(pipeline_worker, tmp_path_factory) -> Iterator[str]:
     """`aurum-ml serve api` on a free loopback port, keys set, 20 submits/min per key."""
-    port = chaos.free_port()
-    log = (tmp_path_factory.mktemp("api") / "api.log").open("w")
     env = dict(
         os.environ,
         AURUM_API_KEYS=",".join(f"{n}:{k}" for n, k in KEYS.items()),
         AURUM_API_RATE_LIMIT="20/minute",
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aurum_ml.cli", "serve", "api", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(f"{url}/healthz", timeout=1).ok:
-                break
-        except requests.ConnectionError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, "the API did not start"
-        time.sleep(0.2)
+    process, url = _serve_api(env, tmp_path_factory.mktemp("api") / "api.log")
     yield url
     process.terminate()
     process.wait(20)
@@ -338,25 +342,9 @@ def test_the_api_serves_its_request_metrics_by_route_template(api):
 def test_with_several_workers_the_metrics_sum_them_all(tmp_path):
     """`serve api --workers 2`: whichever process answers /metrics, it counts every
     process's requests (prometheus_client's multiprocess mode)."""
-    port = chaos.free_port()
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
-    with (tmp_path / "api.log").open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "aurum_ml.cli", "serve", "api", "--port", str(port),
-             "--workers", "2"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    process, url = _serve_api(env, tmp_path / "api.log", "--workers", "2")
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if requests.get(f"{url}/healthz", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "the API did not start"
-            time.sleep(0.2)
         for _ in range(30):  # fresh connections: the kernel spreads them over both workers
             assert requests.get(f"{url}/healthz", timeout=5, headers={"Connection": "close"}).ok
         line = 'aurum_api_requests_total{method="GET",route="/healthz",status="200"}'
