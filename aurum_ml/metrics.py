@@ -15,7 +15,7 @@ fallback flag. This collector reads them from Redis at scrape time:
   ``aurum_rerank_interval_seconds``; ``aurum_score_quantile{quantile}`` and
   ``aurum_score_mean``: the stored scores as of the last re-rank;
 - ``aurum_jobs_in_flight`` jobs between intake and their end, and
-  ``aurum_oldest_job_idle_seconds`` since a stage last started on the longest-idle one
+  ``aurum_oldest_job_idle_seconds`` since a stage last ran on the longest-idle one
   (aurum_ml.redrive sends a job again once it passes STALLED_AFTER).
 
 Per stage (``intake``, ``detect``, ``embed``, ``score``, ``store``), from every worker
@@ -29,7 +29,8 @@ process on every machine:
   ``failed``; ``source`` the backend that answered: ``service``, ``local``, ``simulated``
   or ``none``.
 
-They are Redis counters (one pipelined round trip per stage run, :func:`record_stage`),
+They are Redis counters (:func:`record_stage`, in the one round trip a stage run makes
+for its bookkeeping: see ``PipelineTask.__call__``),
 not prometheus_client's multiprocess mode: that mode sums the processes of one machine
 through a shared folder, while our workers run on several machines and their prefork
 children come and go. Redis already holds the pipeline's state; the counters are a few
@@ -67,17 +68,12 @@ _JOBS = "aurum:metrics:stage_jobs"  # hash "{stage}|{outcome}|{source}" → coun
 _SECONDS = "aurum:metrics:stage_seconds"  # hash "{stage}|{upper bound}" → count, "|sum"
 
 
-def record_stage(client: Any, stage: str, seconds: float, outcome: str, source: str) -> None:
-    """Count one run of a stage. Never raises: metrics must not fail a job."""
+def record_stage(pipe: Any, stage: str, seconds: float, outcome: str, source: str) -> None:
+    """Count one run of a stage, on ``pipe`` (a Redis pipeline the caller executes)."""
     bound = next((str(b) for b in BUCKETS if seconds <= b), "+Inf")
-    try:
-        with client.pipeline(transaction=False) as pipe:
-            pipe.hincrby(_JOBS, f"{stage}|{outcome}|{source}", 1)
-            pipe.hincrby(_SECONDS, f"{stage}|{bound}", 1)
-            pipe.hincrbyfloat(_SECONDS, f"{stage}|sum", seconds)
-            pipe.execute()
-    except Exception:  # noqa: BLE001,S110 - a lost sample is the price of a Redis outage
-        pass
+    pipe.hincrby(_JOBS, f"{stage}|{outcome}|{source}", 1)
+    pipe.hincrby(_SECONDS, f"{stage}|{bound}", 1)
+    pipe.hincrbyfloat(_SECONDS, f"{stage}|sum", seconds)
 
 
 def _stage_series(client: Any) -> Iterator[Any]:
@@ -185,7 +181,7 @@ class PipelineCollector(Collector):
         )
         yield GaugeMetricFamily(
             "aurum_oldest_job_idle_seconds",
-            "Seconds since a stage last started on the longest-idle job in flight (0: none)",
+            "Seconds since a stage last ran on the longest-idle job in flight (0: none)",
             value=ledger.oldest_age_s() or 0.0,
         )
         faces = GaugeMetricFamily("aurum_faces", "Faces in the score index", labels=["model"])

@@ -8,10 +8,10 @@ result nobody will ever write, and its caller waits until its own deadline.
 
 So the pipeline keeps its own ledger (:class:`aurum_ml.state.InFlight`): the caller's
 ``score_face.apply_async`` enters each job with its request before publishing it, intake
-replaces the request by the admitted job (no image), every stage touches it when it
-starts, and the job's end (the store stage's result, or a failure) takes it out. Beat
-runs :func:`redrive_stalled` every REDRIVE_INTERVAL seconds. A job neither sent nor
-started on by a stage for STALLED_AFTER seconds is
+replaces the request by the admitted job (no image), every stage run touches it, and the
+job's end (the store stage's result, or a failure) takes it out. Beat runs
+:func:`redrive_stalled` every REDRIVE_INTERVAL seconds. A job neither sent nor
+run on by a stage for STALLED_AFTER seconds is
 
 - taken out of the ledger if its result exists after all (its end was not recorded);
 - dropped with its image if its user was erased meanwhile (it must store nothing);

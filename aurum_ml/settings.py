@@ -94,7 +94,7 @@ class Settings(BaseSettings):
         None, ge=5, validation_alias="BROKER_VISIBILITY_TIMEOUT"
     )
     result_expires_s: int = Field(86400, ge=60, validation_alias="RESULT_EXPIRES")
-    # a job with no stage started for this long, and no backlog it could be waiting in, was
+    # a job no stage ran on for this long, and no backlog it could be waiting in, was
     # lost by the broker: beat sends it again (aurum_ml.redrive)
     stalled_after_s: int = Field(600, ge=5, validation_alias="STALLED_AFTER")
     redrive_interval_s: float = Field(60.0, gt=0, le=3600, validation_alias="REDRIVE_INTERVAL")

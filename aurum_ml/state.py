@@ -246,7 +246,7 @@ class InFlight:
     sent again (aurum_ml.redrive).
 
     ``aurum:inflight`` is a sorted set of job ids scored by the time the job was sent or a
-    stage last started on it; ``aurum:inflight:job:{id}`` a hash: the user id, the erasure
+    stage last ran on it; ``aurum:inflight:job:{id}`` a hash: the user id, the erasure
     epoch, how often the job was sent again, and either the request as the caller sent it
     (the image included: kept at most the image TTL, and dropped as soon as intake starts)
     or the job as intake admitted it (ids, hashes and flags: no image, no vector). A job's
@@ -286,10 +286,10 @@ class InFlight:
             pipe.zadd(self._ids, {job.job_id: time.time()})
             pipe.execute()
 
-    def touch(self, job_id: str) -> None:
-        """A stage started on the job (a job no longer in the ledger stays out)."""
-        with redis_errors():
-            self.redis.zadd(self._ids, {job_id: time.time()}, xx=True)
+    def touch(self, job_id: str, pipe: Any) -> None:
+        """A stage ran on the job (on ``pipe``, executed by the caller; a job no longer in
+        the ledger stays out)."""
+        pipe.zadd(self._ids, {job_id: time.time()}, xx=True)
 
     def done(self, *job_ids: str) -> None:
         if not job_ids:
@@ -300,7 +300,7 @@ class InFlight:
             pipe.execute()
 
     def stalled(self, idle_s: float) -> list[str]:
-        """Jobs no stage started on for ``idle_s`` seconds, oldest first."""
+        """Jobs no stage ran on for ``idle_s`` seconds, oldest first."""
         with redis_errors():
             ids = self.redis.zrangebyscore(self._ids, "-inf", time.time() - idle_s)
         return [i.decode() for i in ids]

@@ -107,9 +107,8 @@ class PipelineTask(Task):
             outcome = "retried"
             raise
         finally:
-            with contextlib.suppress(Exception):  # metrics never fail a job
-                client = get_runtime().state.redis
-                record_stage(client, stage, time.perf_counter() - started, outcome, source)
+            job = args[0] if args and isinstance(args[0], dict) else {}
+            _stage_ran(stage, job.get("job_id"), time.perf_counter() - started, outcome, source)
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         if args:
@@ -199,6 +198,21 @@ _STAGE_OF = {
     "aurum_ml.score": "score",
     "aurum_ml.store": "store",
 }
+
+
+def _stage_ran(stage: str, job_id: str | None, seconds: float, outcome: str, source: str) -> None:
+    """A stage's bookkeeping in one round trip: its metrics, and the job's progress in the
+    in-flight ledger. Never raises: a lost sample or a missed touch (the sweep then sees the
+    job idle a little sooner; sending it again is harmless) must not fail a job."""
+    try:
+        rt = get_runtime()
+        with rt.state.redis.pipeline(transaction=False) as pipe:
+            record_stage(pipe, stage, seconds, outcome, source)
+            if job_id:
+                rt.inflight.touch(job_id, pipe)
+            pipe.execute()
+    except Exception:  # noqa: BLE001,S110 - the price of a Redis outage
+        pass
 
 
 def _outcome(args: tuple[Any, ...], retval: Any) -> tuple[str, str]:
@@ -381,7 +395,6 @@ def _with_service_or_fallback(
 def detect(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     rt = get_runtime()
     current = Job.model_validate(job)
-    rt.inflight.touch(current.job_id)
     return _dump(
         _with_service_or_fallback(
             self,
@@ -396,7 +409,6 @@ def detect(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 def embed(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     rt = get_runtime()
     current = Job.model_validate(job)
-    rt.inflight.touch(current.job_id)
     return _dump(
         _with_service_or_fallback(
             self,
@@ -410,17 +422,13 @@ def embed(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 @app.task(bind=True, base=PipelineTask, name="aurum_ml.score")
 def score(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     rt = get_runtime()
-    current = Job.model_validate(job)
-    rt.inflight.touch(current.job_id)
-    return _dump(rt.score(current))
+    return _dump(rt.score(Job.model_validate(job)))
 
 
 @app.task(bind=True, base=PipelineTask, name="aurum_ml.store")
 def store(self: Task, job: dict[str, Any]) -> dict[str, Any]:
     rt = get_runtime()
-    current = Job.model_validate(job)
-    rt.inflight.touch(current.job_id)
-    result = rt.store(current)
+    result = rt.store(Job.model_validate(job))
     # ids, outcome, reason code and timings only: see aurum_ml.logs
     log.info(
         "job %s %s%s in %.0f ms",

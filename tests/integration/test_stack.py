@@ -80,13 +80,17 @@ def test_make_up_runs_the_stack_and_make_down_stops_it(tmp_path, photos):
         api = f"http://127.0.0.1:{ports['API_PORT']}"
         _until(lambda: requests.get(f"{api}/readyz", timeout=2).ok, 90, "the API ready")
         assert len(_processes_of(str(tmp_path / "data"))) >= 13  # honcho and its 12 processes
-        submitted = requests.post(
-            f"{api}/v1/score?wait=30",
-            files={"image": ("obama.jpg", (photos / "obama.jpg").read_bytes(), "image/jpeg")},
-            data={"user_id": "u-stack"},
-            headers={"X-API-Key": key},
-            timeout=60,
-        ).json()
+
+        def submit(name: str, user_id: str) -> requests.Response:
+            return requests.post(
+                f"{api}/v1/score?wait=30",
+                files={"image": (name, (photos / name).read_bytes(), "image/jpeg")},
+                data={"user_id": user_id},
+                headers={"X-API-Key": key},
+                timeout=60,
+            )
+
+        submitted = submit("obama.jpg", "u-stack").json()
         view = _until(
             lambda: (
                 (
@@ -108,13 +112,7 @@ def test_make_up_runs_the_stack_and_make_down_stops_it(tmp_path, photos):
         assert requests.get(f"{flower}/api/tasks", timeout=10).status_code == 401
         _until(lambda: requests.get(f"{flower}/healthcheck", timeout=5).ok, 60, "Flower up")
         time.sleep(2)  # its event receiver is subscribed
-        again_job = requests.post(
-            f"{api}/v1/score?wait=30",
-            files={"image": ("biden.jpg", (photos / "biden.jpg").read_bytes(), "image/jpeg")},
-            data={"user_id": "u-stack-2"},
-            headers={"X-API-Key": key},
-            timeout=60,
-        )
+        again_job = submit("biden.jpg", "u-stack-2")
         assert again_job.json()["state"] == "done", again_job.text
         seen = _until(
             lambda: requests.get(f"{flower}/api/tasks", auth=(user, password), timeout=10).json(),
