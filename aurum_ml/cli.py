@@ -412,6 +412,75 @@ def forget_command(user_id: str, compact: bool, as_json: bool) -> None:
     _emit(out, as_json, lines)
 
 
+@contextlib.contextmanager
+def _vector_store_access() -> Any:
+    """The runtime for a command that reads or writes the vector store itself (not through
+    a worker): errors as exit codes, the store closed after."""
+    _settings()
+    from aurum_ml.runtime import get_runtime
+
+    runtime = get_runtime()
+    try:
+        yield runtime
+    except ConfigError as exc:
+        raise _Exit(2, f"configuration: {exc}") from None
+    except BadInput as exc:
+        raise _Exit(2, str(exc)) from None
+    except AurumError as exc:
+        raise _Exit(1, f"{type(exc).__name__}: {exc}") from None
+    finally:
+        runtime.vectors.close()
+
+
+@main.command("export-vectors")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@_json_option
+def export_vectors_command(file: Path, as_json: bool) -> None:
+    """Write every stored face (ids, vectors, payloads) to FILE (JSON Lines; .gz to
+    compress), to move the collection to another engine with import-vectors. FILE holds
+    biometric data: it is created readable by you only; delete it once imported. On a
+    cluster with a local folder, stop the store worker first (it holds the folder)."""
+    from aurum_ml.transfer import export_vectors
+
+    if file.exists():
+        raise _Exit(2, f"{file} exists: choose a new file (an export never overwrites one)")
+    if not file.parent.is_dir():
+        raise _Exit(2, f"no such folder: {file.parent}")
+    with _vector_store_access() as runtime:
+        count = export_vectors(runtime, file)
+        where = runtime.vectors.where
+    out = {"exported": count, "file": str(file), "from": where}
+    _emit(out, as_json, lambda r: [f"exported {r['exported']} faces from {r['from']} to {file}"])
+
+
+@main.command("import-vectors")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@_json_option
+def import_vectors_command(file: Path, as_json: bool) -> None:
+    """Write the faces of an export-vectors FILE into this deployment's store (QDRANT_URL
+    or the local folder), under the same ids: importing twice is harmless. Faces of users
+    erased since they were stored are skipped. The file is checked whole first."""
+    from aurum_ml.rerank import rerank
+    from aurum_ml.transfer import import_vectors
+
+    if not file.is_file():
+        raise _Exit(2, f"no such file: {file}")
+    settings = _settings()
+    with _vector_store_access() as runtime:
+        report = import_vectors(runtime, file).as_dict()
+        report["into"] = runtime.vectors.where
+        if not settings.embedded:  # place them in the cluster's score index now
+            report["reranked"] = rerank(runtime).faces
+
+    def lines(r: dict[str, Any]) -> list[str]:
+        shown = [f"imported {r['imported']} faces into {r['into']} ({r['engine']})"]
+        if r["skipped_erased"]:
+            shown.append(f"skipped {r['skipped_erased']} faces of users erased since")
+        return shown
+
+    _emit(report, as_json, lines)
+
+
 def _watches_a_cluster(settings: Settings, command: str) -> None:
     """status and metrics read a running cluster's shared state; the embedded default has
     none between runs."""

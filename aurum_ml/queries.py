@@ -29,14 +29,18 @@ def _standing(runtime: Runtime, point_id: str | None) -> dict[str, Any]:
 def stored_result(
     runtime: Runtime, point_id: str, payload: dict[str, Any], matches: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """A scored result rebuilt from a stored point: its payload (score, percentile, rank
-    and total as stored or as of the last re-rank: one snapshot) and ``matches`` (for a
+    """A scored result rebuilt from a stored point: its payload, its standing as it is
+    now in the score index (the payload's score, percentile and rank are those of the day
+    it was stored: the fallback when the index does not hold it) and ``matches`` (for a
     user whose cached result is gone, e.g. after the embedded default's restart)."""
     summary = runtime.index.stats()
-    if payload.get("rank") is not None:
-        standing = {"rank": payload["rank"], "total_faces": payload.get("total_faces")}
-    else:  # stored before rank was kept: as it stands now
-        standing = _standing(runtime, point_id)
+    stored = {
+        "score": payload.get("score"),
+        "percentile": payload.get("percentile"),
+        "rank": payload.get("rank"),
+        "total_faces": payload.get("total_faces"),
+    }
+    standing = _standing(runtime, point_id) or stored
     return {
         "job_id": payload.get("job_id"),
         "status": "scored",
@@ -45,8 +49,8 @@ def stored_result(
         "user_id": payload.get("user_id"),
         "face": payload.get("face"),
         "quality": payload.get("quality"),
-        "score": payload.get("score"),
-        "percentile": payload.get("percentile"),
+        "score": standing["score"],
+        "percentile": standing["percentile"],
         "point_id": point_id,
         "model": payload.get("model"),
         "source": payload.get("source"),
@@ -55,8 +59,8 @@ def stored_result(
         "matches": matches,
         "distribution": summary["distribution"] if summary else None,
         "scored_at": payload.get("created_at"),
-        "rank": standing.get("rank"),
-        "total_faces": standing.get("total_faces"),
+        "rank": standing["rank"],
+        "total_faces": standing["total_faces"],
     }
 
 

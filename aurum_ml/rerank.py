@@ -4,8 +4,9 @@ Placing a new face is O(log N) because it compares against stored typicalities, 
 computed against the centroid of their day. The re-rank (beat-scheduled on the maintenance
 queue, ``RERANK_INTERVAL``) reads every vector from Qdrant in batches, recomputes the
 centroid, the typicalities, the scores (midrank percentiles) and the vibe tags, swaps the
-new index into Redis atomically and writes the new scores into the Qdrant payloads. It also
-rebuilds a lost index (Redis flushed) from Qdrant, and the embedded default runs it at start.
+new index into Redis atomically, writes changed vibe tags into the Qdrant payloads and
+folds the faces stored since the last run into Qdrant's vector index. It also rebuilds a
+lost index (Redis flushed) from Qdrant, and the embedded default runs it at start.
 
 Memory: one batch of unit embeddings (float64: 1 KiB a face) and one float per face — 8 MB
 at a million faces, where holding every vector took 1 GB. The sorted set itself lives in
@@ -40,6 +41,7 @@ class RerankReport:
     faces: int
     seconds: float
     vibe_reference_frozen: bool
+    payloads_updated: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -47,6 +49,7 @@ class RerankReport:
             "faces": self.faces,
             "seconds": round(self.seconds, 3),
             "vibe_reference_frozen": self.vibe_reference_frozen,
+            "payloads_updated": self.payloads_updated,
         }
 
 
@@ -71,47 +74,55 @@ def summarize(scores: np.ndarray, typicalities: np.ndarray) -> dict[str, Any]:
     return {"distribution": distribution, "thresholds": thresholds}
 
 
-def _batches(runtime: Runtime, skip: set[str]) -> Iterator[tuple[list[str], np.ndarray]]:
-    """The stored faces as (point ids, unit embeddings as float64 rows), a batch at a time."""
+def _batches(
+    runtime: Runtime, skip: set[str], with_payload: bool = False
+) -> Iterator[tuple[list[str], np.ndarray, list[dict[str, Any]]]]:
+    """The stored faces as (point ids, unit embeddings as float64 rows, payloads — empty
+    dicts unless ``with_payload``), a batch at a time."""
     size = runtime.settings.rerank_batch
     ids: list[str] = []
     rows: list[np.ndarray] = []
-    for pid, vector, _ in runtime.vectors.points(batch=size):
+    payloads: list[dict[str, Any]] = []
+    for pid, vector, payload in runtime.vectors.points(batch=size, with_payload=with_payload):
         if pid in skip:
             continue
         ids.append(pid)
         rows.append(unit(vector))
+        payloads.append(payload)
         if len(ids) == size:
-            yield ids, np.vstack(rows)
-            ids, rows = [], []
+            yield ids, np.vstack(rows), payloads
+            ids, rows, payloads = [], [], []
     if ids:
-        yield ids, np.vstack(rows)
+        yield ids, np.vstack(rows), payloads
 
 
 def rerank(runtime: Runtime, update_payloads: bool = True) -> RerankReport:
     """Recompute and swap in the index of ``runtime``'s model; update the stored payloads'
-    scores, ranks and vibes unless ``update_payloads`` is false (a start-up restore).
+    vibe tags unless ``update_payloads`` is false (a start-up restore).
 
     Streamed, in up to three passes over Qdrant, so memory follows the batch
     (``RERANK_BATCH``), not the population — but for one float per face:
     1. the centroid (sum of unit embeddings) and the vibe reference's statistics;
     2. every typicality against that centroid, into a staging sorted set in Redis, swapped
        in atomically (faces stored meanwhile keep theirs; faces erased meanwhile stay out);
-    3. with ``update_payloads``: each face's new score and rank (from the sorted set) and
-       vibe tags, written to the payloads a batch at a time.
+    3. with ``update_payloads``: each face's vibe tags, written to the payloads where they
+       changed, a batch at a time; then the vector index is brought up to date. Scores
+       and ranks are not written back: they are read live from the sorted set, and Qdrant
+       rewrites (and un-indexes) every point whose payload changes, so a re-rank writing
+       every face would rebuild the whole index each time.
     """
     started = time.perf_counter()
     settings, index, vectors = runtime.settings, runtime.index, runtime.vectors
     for _attempt in range(_ATTEMPTS):
         gone = index.gone()
         moments = ReferenceMoments(index.dim)
-        for _, units in _batches(runtime, gone):  # pass 1
+        for _, units, _ in _batches(runtime, gone):  # pass 1
             moments.add(units)
         total, count = moments.total, moments.count
         centroid = unit(total)
         index.stage_clear()
         chunks = []
-        for ids, units in _batches(runtime, gone):  # pass 2
+        for ids, units, _ in _batches(runtime, gone):  # pass 2
             typicality = units @ centroid
             index.stage(ids, typicality)
             chunks.append(typicality)
@@ -134,28 +145,21 @@ def rerank(runtime: Runtime, update_payloads: bool = True) -> RerankReport:
             if count >= settings.vibe_reference_min_faces:
                 frozen = index.freeze_vibe_reference(reference)
                 reference = index.vibe_reference() or reference
+    changed = 0
     if count and update_payloads and reference is not None:
-        for ids, units in _batches(runtime, gone | index.gone()):  # pass 3
-            standings = index.standings(ids)
-            updates = [
-                (
-                    pid,
-                    {
-                        "score": score_of(place.percentile),
-                        "percentile": round(place.percentile, 4),
-                        "rank": place.rank,
-                        "total_faces": place.total,
-                        "typicality": round(place.typicality, 6),
-                        "vibes": vibes_of(units[i], reference),
-                    },
-                )
-                for i, (pid, place) in enumerate(zip(ids, standings, strict=True))
-                if place is not None
-            ]
+        for ids, units, payloads in _batches(runtime, gone | index.gone(), True):  # pass 3
+            updates = []
+            for i, pid in enumerate(ids):
+                vibes = vibes_of(units[i], reference)
+                if payloads[i].get("vibes") != vibes:
+                    updates.append((pid, {"vibes": vibes}))
             vectors.set_payloads(updates)
+            changed += len(updates)
+    vectors.optimize()  # fold the faces stored since the last re-rank into the vector index
     return RerankReport(
         model=index.model,
         faces=faces,
         seconds=time.perf_counter() - started,
         vibe_reference_frozen=frozen,
+        payloads_updated=changed,
     )

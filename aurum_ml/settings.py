@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     qdrant_path: Path | None = Field(None, validation_alias="QDRANT_PATH")
     qdrant_url: str | None = Field(None, validation_alias="QDRANT_URL")
     qdrant_api_key: str | None = Field(None, validation_alias="QDRANT_API_KEY")
+    # Qdrant Edge (a local folder): a segment past this size (KB of vectors) gets an HNSW
+    # index at the next optimisation; below it, it is searched exactly. Qdrant's default
+    # is 10 000 KB (about 20 000 faces of 128 floats).
+    qdrant_indexing_threshold_kb: int | None = Field(
+        None, ge=1, validation_alias="QDRANT_INDEXING_THRESHOLD_KB"
+    )
 
     # --- image limits ---------------------------------------------------------------------
     image_max_bytes: int = Field(10 * 1024 * 1024, gt=0, validation_alias="IMAGE_MAX_BYTES")

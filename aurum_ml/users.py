@@ -107,6 +107,14 @@ class UserRecords:
         with redis_errors():
             return int(self.redis.get(self._tombstone(user_id)) or 0) > epoch
 
+    def erasure_epochs(self, user_ids: list[str]) -> dict[str, int]:
+        """Each user's erasure epoch now (0: never erased, or long enough ago)."""
+        if not user_ids:
+            return {}
+        with redis_errors():
+            raw = self.redis.mget([self._tombstone(u) for u in user_ids])
+        return {u: int(r or 0) for u, r in zip(user_ids, raw, strict=True)}
+
     # --- intake -----------------------------------------------------------------------------
     def note_job(self, user_id: str, job_id: str) -> None:
         """Remember the job id, so ``forget`` can erase its result."""

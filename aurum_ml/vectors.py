@@ -1,34 +1,67 @@
-"""The only module that talks to Qdrant.
+"""The only module that talks to Qdrant: one :class:`VectorStore`, two engines.
 
-A local folder (``QDRANT_PATH``, default ``$AURUM_DATA_DIR/qdrant``) in the embedded default
-and in tests; a server when ``QDRANT_URL`` is set — the same client API either way. One
-collection per model, named after model and dimension, Euclidean distance on the raw
-vectors (dlib's same-person threshold, 0.6, applies as is).
+- **A local folder** (``QDRANT_PATH``, default ``$AURUM_DATA_DIR/qdrant``: the embedded
+  default, a one-machine deployment, the tests) is Qdrant's own engine in this process,
+  Qdrant Edge (``qdrant-edge-py``): HNSW and a keyword index on ``user_id``, no server. One
+  shard per collection under ``edge/``. A shard is opened by one process only (Qdrant's
+  write-ahead log is locked), which is the local-folder rule (:func:`folder_rule`).
+- **A server** (``QDRANT_URL``) through qdrant-client.
+
+Both keep the same ids, payloads, Euclidean distances on the raw vectors (dlib's
+same-person threshold, 0.6, applies as is) and filters; ``aurum-ml export-vectors`` /
+``import-vectors`` move a collection from one to the other. One collection per model,
+named after model and dimension.
+
+Index freshness (Edge): a stored face goes into the shard's appendable segment, which a
+search scans exactly, so it matches from the moment ``upsert`` returns. :meth:`optimize`
+(at the end of every re-rank and bulk load) folds those faces into HNSW segments. Qdrant
+rewrites a point that changes, so nothing rewrites every payload: a payload keeps the
+score the face had when stored, and the live standing comes from the score index.
+
+A folder written by qdrant-client's local mode (the engine before Edge: ``meta.json`` and
+``collection/``) is migrated on first open, every point copied and counted, then the old
+files are removed (an erasure must not survive in a copy).
 
 Point ids are uuid5 of (user id, image hash, face index, model): a redelivered or repeated
 job overwrites its own point, while one photo uploaded by two users stays two points.
 
-qdrant-client and httpx exceptions become :class:`StoreUnavailable` (retryable) or
-:class:`ConfigError` (permanent) here.
+Foreign exceptions become :class:`StoreUnavailable` (retryable) or :class:`ConfigError`
+(permanent) here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from aurum_ml.errors import ConfigError, StoreUnavailable
 from aurum_ml.settings import Settings
 
-__all__ = ["VectorStore", "claim_local_folder", "collection_name", "folder_rule", "point_id"]
+__all__ = [
+    "VectorStore",
+    "claim_local_folder",
+    "collection_name",
+    "folder_rule",
+    "migrate_local_mode",
+    "point_id",
+]
 
-# Local mode allows one client per folder and process: every VectorStore on a folder shares it.
-_local_clients: dict[str, Any] = {}
+log = logging.getLogger(__name__)
+
+Point = tuple[str, np.ndarray, dict[str, Any]]
+Hit = tuple[str, float, dict[str, Any]]
+
+# A shard (or a local-mode folder) opens once per process: every VectorStore on it shares it.
+_local_engines: dict[str, _Engine] = {}
 _local_lock = threading.Lock()
 
 _NAMESPACE = uuid.UUID("6f0d7a52-4c1e-5d8a-9b3e-a0c1e2f3d4b5")
@@ -72,6 +105,42 @@ def claim_local_folder(
     store().count()  # opens the folder (and the collection), or ConfigError if it is held
 
 
+class _Engine(Protocol):
+    """What VectorStore needs of an engine: plain tuples in, plain tuples out."""
+
+    name: str
+
+    def upsert(self, points: list[Point]) -> None: ...
+    def retrieve(self, ids: list[str], vectors: bool, payload: bool) -> list[Point]: ...
+    def count(self) -> int: ...
+    def scroll(
+        self, batch: int, payload: bool, user_id: str | None, offset: Any
+    ) -> tuple[list[Point], Any]: ...
+    def nearest_others(self, vector: np.ndarray, user_id: str, limit: int) -> list[Hit]: ...
+    def set_payloads(self, updates: list[tuple[str, dict[str, Any]]]) -> None: ...
+    def delete(self, ids: list[str]) -> None: ...
+    def optimize(self) -> bool: ...
+    def status(self) -> dict[str, int]: ...
+    def close(self) -> None: ...
+
+
+def _stored_ids(ids: list[str]) -> list[str]:
+    """The ids that can name a point: ours are UUIDs, and Qdrant refuses a lookup of
+    anything else (a stray index entry, say) instead of finding nothing."""
+    kept = []
+    for pid in ids:
+        with contextlib.suppress(ValueError):
+            kept.append(str(uuid.UUID(pid)))
+    return kept
+
+
+def _vector(raw: Any) -> np.ndarray:
+    if isinstance(raw, dict):  # a collection with named vectors: ours is the unnamed one
+        raw = raw.get("", next(iter(raw.values())))
+    return np.asarray(raw, dtype=np.float32)
+
+
+# --- qdrant-client: a server (QDRANT_URL), or a local-mode folder being migrated -----------
 @contextlib.contextmanager
 def _qdrant_errors() -> Iterator[None]:
     import httpx
@@ -87,199 +156,480 @@ def _qdrant_errors() -> Iterator[None]:
         raise StoreUnavailable(f"Qdrant unavailable: {type(exc).__name__}") from None
 
 
-class VectorStore:
-    """Faces' vectors and payloads in one collection. Methods are safe to call twice."""
+class _ClientEngine:
+    """qdrant-client: a Qdrant server, or (migration, the shared-contract tests) a folder in
+    qdrant-client's local mode."""
 
-    def __init__(self, settings: Settings, model: str, dim: int) -> None:
-        self.settings = settings
-        self.dim = dim
-        self.collection = collection_name(model, dim)
-        self._client: Any = None
-        self._lock = threading.RLock()
+    name = "qdrant-client"
 
-    @property
-    def where(self) -> str:
-        return self.settings.qdrant_url or str(self.settings.qdrant_folder)
+    def __init__(self, client: Any, collection: str, dim: int, server: bool) -> None:
+        from qdrant_client import models
 
-    def _connect(self) -> Any:
-        from qdrant_client import QdrantClient, models
-
-        if self._client is not None:
-            return self._client
-        if self.settings.qdrant_url:
-            client = QdrantClient(
-                url=self.settings.qdrant_url,
-                api_key=self.settings.qdrant_api_key,
-                timeout=10,
-            )
-        else:
-            folder = self.settings.qdrant_folder
-            folder.mkdir(parents=True, exist_ok=True)
-            try:
-                with _local_lock:
-                    shared = _local_clients.get(str(folder))
-                    if shared is None:
-                        shared = _local_clients[str(folder)] = QdrantClient(path=str(folder))
-                client = shared
-            except RuntimeError as exc:
-                if "already accessed" not in str(exc):
-                    raise
-                raise ConfigError(folder_rule(folder, "is held by another process")) from None
+        self.client, self.collection = client, collection
         with _qdrant_errors():
-            if not client.collection_exists(self.collection):
+            if not client.collection_exists(collection):
                 client.create_collection(
-                    self.collection,
-                    vectors_config=models.VectorParams(
-                        size=self.dim, distance=models.Distance.EUCLID
-                    ),
+                    collection,
+                    vectors_config=models.VectorParams(size=dim, distance=models.Distance.EUCLID),
                 )
-                if self.settings.qdrant_url:  # local mode has no payload indexes
+                if server:  # local mode has no payload indexes
                     client.create_payload_index(
-                        self.collection, "user_id", models.PayloadSchemaType.KEYWORD
+                        collection, "user_id", models.PayloadSchemaType.KEYWORD
                     )
-        self._client = client
-        return client
 
-    def upsert(self, pid: str, vector: np.ndarray, payload: dict[str, Any]) -> None:
+    def upsert(self, points: list[Point]) -> None:
         from qdrant_client import models
 
-        with self._lock, _qdrant_errors():
-            self._connect().upsert(
-                self.collection,
-                points=[models.PointStruct(id=pid, vector=vector.tolist(), payload=payload)],
-                wait=True,
-            )
-
-    def upsert_many(self, points: list[tuple[str, np.ndarray, dict[str, Any]]]) -> None:
-        """Write a batch of points in one request (imports, bulk loads)."""
-        from qdrant_client import models
-
-        if not points:
-            return
         structs = [
             models.PointStruct(id=pid, vector=vector.tolist(), payload=payload)
             for pid, vector, payload in points
         ]
-        with self._lock, _qdrant_errors():
-            self._connect().upsert(self.collection, points=structs, wait=True)
+        with _qdrant_errors():
+            self.client.upsert(self.collection, points=structs, wait=True)
 
-    def get(self, pid: str) -> tuple[np.ndarray, dict[str, Any]] | None:
-        """The stored vector and payload of a point, or None."""
-        with self._lock, _qdrant_errors():
-            found = self._connect().retrieve(
-                self.collection, ids=[pid], with_vectors=True, with_payload=True
+    def retrieve(self, ids: list[str], vectors: bool, payload: bool) -> list[Point]:
+        with _qdrant_errors():
+            found = self.client.retrieve(
+                self.collection, ids=ids, with_vectors=vectors, with_payload=payload
             )
-        if not found:
-            return None
-        return np.asarray(found[0].vector, dtype=np.float32), dict(found[0].payload or {})
+        return [(str(r.id), _vector(r.vector or []), dict(r.payload or {})) for r in found]
 
     def count(self) -> int:
-        with self._lock, _qdrant_errors():
-            return int(self._connect().count(self.collection, exact=True).count)
+        with _qdrant_errors():
+            return int(self.client.count(self.collection, exact=True).count)
 
-    def _scroll(
-        self, batch: int, with_payload: bool, only: Any = None
-    ) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
-        offset = None
-        while True:
-            with self._lock, _qdrant_errors():
-                records, offset = self._connect().scroll(
-                    self.collection,
-                    scroll_filter=only,
-                    limit=batch,
-                    offset=offset,
-                    with_vectors=True,
-                    with_payload=with_payload,
-                )
-            for record in records:
-                vector = np.asarray(record.vector, dtype=np.float32)
-                yield str(record.id), vector, dict(record.payload or {})
-            if offset is None:
-                return
-
-    def points(
-        self, batch: int = 512, with_payload: bool = False
-    ) -> Iterator[tuple[str, np.ndarray, dict[str, Any]]]:
-        """Every (point id, vector, payload) of the collection, read in batches."""
-        return self._scroll(batch, with_payload)
-
-    def user_points(self, user_id: str) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
-        """All points of one user, newest first."""
+    def scroll(
+        self, batch: int, payload: bool, user_id: str | None, offset: Any
+    ) -> tuple[list[Point], Any]:
         from qdrant_client import models
 
-        only_user = models.Filter(
-            must=[models.FieldCondition(key="user_id", match=models.MatchValue(value=user_id))]
-        )
-        found = list(self._scroll(256, True, only_user))
-        return sorted(found, key=lambda p: p[2].get("stored_at", 0.0), reverse=True)
+        only = None
+        if user_id is not None:
+            only = models.Filter(
+                must=[models.FieldCondition(key="user_id", match=models.MatchValue(value=user_id))]
+            )
+        with _qdrant_errors():
+            records, offset = self.client.scroll(
+                self.collection,
+                scroll_filter=only,
+                limit=batch,
+                offset=offset,
+                with_vectors=True,
+                with_payload=payload,
+            )
+        return [(str(r.id), _vector(r.vector), dict(r.payload or {})) for r in records], offset
 
-    def nearest_others(
-        self, vector: np.ndarray, user_id: str, limit: int, max_distance: float | None = None
-    ) -> list[tuple[str, float, dict[str, Any]]]:
-        """Other users' points nearest to ``vector``: (point id, distance, payload)."""
+    def nearest_others(self, vector: np.ndarray, user_id: str, limit: int) -> list[Hit]:
         from qdrant_client import models
 
-        if limit <= 0:
-            return []
         not_user = models.Filter(
             must_not=[models.FieldCondition(key="user_id", match=models.MatchValue(value=user_id))]
         )
-        with self._lock, _qdrant_errors():
-            response = self._connect().query_points(
+        with _qdrant_errors():
+            response = self.client.query_points(
                 self.collection,
                 query=vector.tolist(),
                 query_filter=not_user,
                 limit=limit,
                 with_payload=True,
             )
-        hits = [(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+        return [(str(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+
+    def set_payloads(self, updates: list[tuple[str, dict[str, Any]]]) -> None:
+        from qdrant_client import models
+
+        operations = [
+            models.SetPayloadOperation(set_payload=models.SetPayload(payload=fields, points=[pid]))
+            for pid, fields in updates
+        ]
+        with _qdrant_errors():
+            self.client.batch_update_points(self.collection, operations, wait=True)
+
+    def delete(self, ids: list[str]) -> None:
+        from qdrant_client import models
+
+        with _qdrant_errors():
+            self.client.delete(
+                self.collection, points_selector=models.PointIdsList(points=ids), wait=True
+            )
+
+    def optimize(self) -> bool:
+        return False  # a server optimises in its own background threads
+
+    def status(self) -> dict[str, int]:
+        with _qdrant_errors():
+            info = self.client.get_collection(self.collection)
+        return {
+            "points": int(info.points_count or 0),
+            "indexed": int(info.indexed_vectors_count or 0),
+            "segments": int(info.segments_count or 0),
+        }
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _local_mode_client(folder: Path) -> Any:
+    """qdrant-client's local mode on ``folder``; ConfigError when another process holds it."""
+    from qdrant_client import QdrantClient
+
+    try:
+        return QdrantClient(path=str(folder))
+    except RuntimeError as exc:
+        if "already accessed" not in str(exc):
+            raise
+        raise ConfigError(folder_rule(folder, "is held by another process")) from None
+
+
+# --- Qdrant Edge: a local folder ------------------------------------------------------------
+class _EdgeEngine:
+    """One Qdrant Edge shard (a collection) in this process. Its calls hold the GIL, so an
+    :meth:`optimize` pauses this process's other threads while it builds (see BENCHMARKS.md
+    for how long); searches and writes never wait for an index."""
+
+    name = "qdrant-edge"
+
+    def __init__(
+        self, path: Path, dim: int, folder: Path, indexing_threshold_kb: int | None = None
+    ) -> None:
+        import qdrant_edge as edge
+
+        self.edge, self.path, self.folder = edge, path, folder
+        optimizers = None
+        if indexing_threshold_kb is not None:
+            optimizers = edge.EdgeOptimizersConfig(indexing_threshold=indexing_threshold_kb)
+        try:
+            if (path / "edge_config.json").exists():
+                settings = edge.EdgeConfig(optimizers=optimizers) if optimizers else None
+                self.shard = edge.EdgeShard.load(str(path), settings)
+            else:
+                config = edge.EdgeConfig(
+                    vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Euclid),
+                    optimizers=optimizers,
+                )
+                self.shard = edge.EdgeShard.create(str(path), config)
+                self.shard.update(
+                    edge.UpdateOperation.create_field_index(
+                        "user_id", edge.PayloadSchemaType.Keyword
+                    )
+                )
+        except Exception as exc:
+            if "WouldBlock" in str(exc):  # another process has the shard's write-ahead log
+                raise ConfigError(folder_rule(folder, "is held by another process")) from None
+            raise ConfigError(f"cannot open the Qdrant Edge shard {path}: {exc}") from None
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - the engine raises one type for everything
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise StoreUnavailable(f"Qdrant Edge failed: {first}") from None
+
+    def _not_user(self, user_id: str) -> Any:
+        edge = self.edge
+        return edge.Filter(
+            must_not=[edge.FieldCondition(key="user_id", match=edge.MatchValue(value=user_id))]
+        )
+
+    def upsert(self, points: list[Point]) -> None:
+        edge = self.edge
+        structs = [edge.Point(pid, vector.tolist(), payload) for pid, vector, payload in points]
+        with self._errors():
+            self.shard.update(edge.UpdateOperation.upsert_points(structs))
+
+    def retrieve(self, ids: list[str], vectors: bool, payload: bool) -> list[Point]:
+        with self._errors():
+            found = self.shard.retrieve(list[Any](ids), with_payload=payload, with_vector=vectors)
+        return [(str(r.id), _vector(r.vector or []), dict(r.payload or {})) for r in found]
+
+    def count(self) -> int:
+        with self._errors():
+            return int(self.shard.count(self.edge.CountRequest(exact=True)))
+
+    def scroll(
+        self, batch: int, payload: bool, user_id: str | None, offset: Any
+    ) -> tuple[list[Point], Any]:
+        edge = self.edge
+        only = None
+        if user_id is not None:
+            only = edge.Filter(
+                must=[edge.FieldCondition(key="user_id", match=edge.MatchValue(value=user_id))]
+            )
+        request = edge.ScrollRequest(
+            offset=offset, limit=batch, filter=only, with_payload=payload, with_vector=True
+        )
+        with self._errors():
+            records, offset = self.shard.scroll(request)
+        return [(str(r.id), _vector(r.vector), dict(r.payload or {})) for r in records], offset
+
+    def nearest_others(self, vector: np.ndarray, user_id: str, limit: int) -> list[Hit]:
+        edge = self.edge
+        request = edge.QueryRequest(
+            limit=limit,
+            query=edge.Query.Nearest(vector.tolist()),
+            filter=self._not_user(user_id),
+            with_payload=True,
+        )
+        with self._errors():
+            found = self.shard.query(request)
+        return [(str(p.id), float(p.score), dict(p.payload or {})) for p in found]
+
+    def set_payloads(self, updates: list[tuple[str, dict[str, Any]]]) -> None:
+        edge = self.edge
+        with self._errors():
+            for pid, fields in updates:
+                self.shard.update(edge.UpdateOperation.set_payload([pid], fields))
+
+    def delete(self, ids: list[str]) -> None:
+        with self._errors():
+            self.shard.update(self.edge.UpdateOperation.delete_points(list[Any](ids)))
+
+    def optimize(self) -> bool:
+        with self._errors():
+            return bool(self.shard.optimize())
+
+    def status(self) -> dict[str, int]:
+        with self._errors():
+            info = self.shard.info()
+        return {
+            "points": int(info.points_count),
+            "indexed": int(info.indexed_vectors_count),
+            "segments": int(info.segments_count),
+        }
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.shard.flush()
+        self.shard.close()
+
+
+# --- migration from qdrant-client's local mode -----------------------------------------------
+def _local_mode_collections(folder: Path) -> dict[str, int]:
+    """The collections (name → dimension) of a folder written by qdrant-client's local
+    mode; empty when the folder holds none."""
+    meta = folder / "meta.json"
+    if not meta.exists():
+        return {}
+    config = json.loads(meta.read_text()).get("collections", {})
+    found = {}
+    for name, params in config.items():
+        vectors = params.get("vectors", {})
+        size = vectors.get("size") if isinstance(vectors, dict) else None
+        if not isinstance(size, int):
+            raise ConfigError(
+                f"the local-mode collection {name} in {folder} has named vectors: "
+                "export it with qdrant-client and import it with aurum-ml import-vectors"
+            )
+        found[name] = size
+    return found
+
+
+def migrate_local_mode(folder: Path, batch: int = 1000) -> dict[str, int]:
+    """Move every collection of a qdrant-client local-mode folder into Qdrant Edge shards
+    (``folder/edge/<collection>``), then remove the local-mode files. Each shard is built
+    aside and counted against the source before it takes its place; a crash before that
+    leaves the old folder as it was, and the next open starts over. Returns the number
+    of points moved per collection."""
+    collections = _local_mode_collections(folder)
+    if not collections:
+        return {}
+    moved: dict[str, int] = {}
+    client = _local_mode_client(folder)
+    try:
+        for name, dim in collections.items():
+            final = folder / "edge" / name
+            if final.exists():  # moved before a crash that left the old files behind
+                continue
+            aside = folder / "edge" / f"{name}.migrating"
+            shutil.rmtree(aside, ignore_errors=True)
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            source = _ClientEngine(client, name, dim, server=False)
+            target = _EdgeEngine(aside, dim, folder)
+            offset = None
+            while True:
+                points, offset = source.scroll(batch, True, None, offset)
+                target.upsert(points)
+                if offset is None:
+                    break
+            expected, written = source.count(), target.count()
+            target.optimize()
+            target.close()
+            if written != expected:
+                shutil.rmtree(aside, ignore_errors=True)
+                raise ConfigError(
+                    f"migrating {name} from local mode copied {written} of {expected} "
+                    "points; the old folder is untouched"
+                )
+            aside.rename(final)
+            moved[name] = written
+    finally:
+        client.close()
+    for leftover in ("collection", "meta.json", ".lock"):
+        path = folder / leftover
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    for name, count in moved.items():
+        log.warning(
+            "moved %d faces of %s from qdrant-client's local mode to Qdrant Edge", count, name
+        )
+    return moved
+
+
+# --- the store ------------------------------------------------------------------------------
+class VectorStore:
+    """Faces' vectors and payloads in one collection. Methods are safe to call twice.
+
+    ``engine``: ``"edge"`` (a local folder) or ``"client"`` (qdrant-client: a server, or
+    a local-mode folder for the shared-contract tests); by default Edge for a folder and
+    qdrant-client for ``QDRANT_URL``."""
+
+    def __init__(self, settings: Settings, model: str, dim: int, engine: str | None = None) -> None:
+        self.settings = settings
+        self.dim = dim
+        self.collection = collection_name(model, dim)
+        self.engine = engine or ("client" if settings.qdrant_url else "edge")
+        self._engine: _Engine | None = None
+        self._lock = threading.RLock()
+
+    @property
+    def where(self) -> str:
+        return self.settings.qdrant_url or str(self.settings.qdrant_folder)
+
+    def _connect(self) -> _Engine:
+        if self._engine is not None:
+            return self._engine
+        if self.settings.qdrant_url:
+            from qdrant_client import QdrantClient
+
+            client = QdrantClient(
+                url=self.settings.qdrant_url, api_key=self.settings.qdrant_api_key, timeout=10
+            )
+            self._engine = _ClientEngine(client, self.collection, self.dim, server=True)
+            return self._engine
+        folder = self.settings.qdrant_folder
+        folder.mkdir(parents=True, exist_ok=True)
+        with _local_lock:
+            key = f"{self.engine}:{folder}:{self.collection}"
+            shared = _local_engines.get(key)
+            if shared is None:
+                if self.engine == "edge":
+                    migrate_local_mode(folder)
+                    shard = folder / "edge" / self.collection
+                    threshold = self.settings.qdrant_indexing_threshold_kb
+                    shared = _EdgeEngine(shard, self.dim, folder, threshold)
+                else:
+                    client = _local_mode_client(folder)
+                    shared = _ClientEngine(client, self.collection, self.dim, server=False)
+                _local_engines[key] = shared
+        self._engine = shared
+        return shared
+
+    def upsert(self, pid: str, vector: np.ndarray, payload: dict[str, Any]) -> None:
+        self.upsert_many([(pid, vector, payload)])
+
+    def upsert_many(self, points: list[Point]) -> None:
+        """Write a batch of points in one request (imports, bulk loads)."""
+        if not points:
+            return
+        with self._lock:
+            self._connect().upsert(points)
+
+    def get(self, pid: str) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """The stored vector and payload of a point, or None."""
+        if not _stored_ids([pid]):
+            return None
+        with self._lock:
+            found = self._connect().retrieve([pid], vectors=True, payload=True)
+        return (found[0][1], found[0][2]) if found else None
+
+    def count(self) -> int:
+        with self._lock:
+            return self._connect().count()
+
+    def _scroll(
+        self, batch: int, with_payload: bool, user_id: str | None = None
+    ) -> Iterator[Point]:
+        offset = None
+        while True:
+            with self._lock:
+                records, offset = self._connect().scroll(batch, with_payload, user_id, offset)
+            yield from records
+            if offset is None:
+                return
+
+    def points(self, batch: int = 512, with_payload: bool = False) -> Iterator[Point]:
+        """Every (point id, vector, payload) of the collection, read in batches."""
+        return self._scroll(batch, with_payload)
+
+    def user_points(self, user_id: str) -> list[Point]:
+        """All points of one user, newest first."""
+        found = list(self._scroll(256, True, user_id))
+        return sorted(found, key=lambda p: p[2].get("stored_at", 0.0), reverse=True)
+
+    def nearest_others(
+        self, vector: np.ndarray, user_id: str, limit: int, max_distance: float | None = None
+    ) -> list[Hit]:
+        """Other users' points nearest to ``vector``: (point id, distance, payload)."""
+        if limit <= 0:
+            return []
+        with self._lock:
+            hits = self._connect().nearest_others(vector, user_id, limit)
         if max_distance is not None:
             hits = [h for h in hits if h[1] <= max_distance]
         return sorted(hits, key=lambda h: h[1])
 
     def payloads(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        ids = _stored_ids(ids)
         if not ids:
             return {}
-        with self._lock, _qdrant_errors():
-            found = self._connect().retrieve(self.collection, ids=ids, with_payload=True)
-        return {str(r.id): dict(r.payload or {}) for r in found}
+        with self._lock:
+            found = self._connect().retrieve(ids, vectors=False, payload=True)
+        return {pid: payload for pid, _, payload in found}
 
     def vectors_of(self, ids: list[str]) -> dict[str, np.ndarray]:
+        ids = _stored_ids(ids)
         if not ids:
             return {}
-        with self._lock, _qdrant_errors():
-            found = self._connect().retrieve(self.collection, ids=ids, with_vectors=True)
-        return {str(r.id): np.asarray(r.vector, dtype=np.float32) for r in found}
+        with self._lock:
+            found = self._connect().retrieve(ids, vectors=True, payload=False)
+        return {pid: vector for pid, vector, _ in found}
 
     def set_payloads(self, updates: list[tuple[str, dict[str, Any]]]) -> None:
-        """Merge each dict into its point's payload (one request per batch)."""
-        from qdrant_client import models
-
+        """Merge each dict into its point's payload (one request per batch). Qdrant moves a
+        changed point out of its indexed segment: write only what changed."""
         if not updates:
             return
-        operations = [
-            models.SetPayloadOperation(set_payload=models.SetPayload(payload=fields, points=[pid]))
-            for pid, fields in updates
-        ]
-        with self._lock, _qdrant_errors():
-            self._connect().batch_update_points(self.collection, operations, wait=True)
+        with self._lock:
+            self._connect().set_payloads(updates)
 
     def delete(self, ids: list[str]) -> None:
-        from qdrant_client import models
-
+        ids = _stored_ids(ids)
         if not ids:
             return
-        with self._lock, _qdrant_errors():
-            self._connect().delete(
-                self.collection, points_selector=models.PointIdsList(points=ids), wait=True
-            )
+        with self._lock:
+            self._connect().delete(ids)
+
+    def optimize(self) -> bool:
+        """Fold recently stored faces into the HNSW index (Edge; a server does it on its
+        own). Blocks this process's threads while it builds; True if it changed anything."""
+        with self._lock:
+            return self._connect().optimize()
+
+    def status(self) -> dict[str, Any]:
+        """Points, indexed vectors and segments, and which engine holds them."""
+        with self._lock:
+            engine = self._connect()
+            return {"engine": engine.name} | engine.status()
 
     def close(self) -> None:
-        """Close the client (for a local folder: the one every store in this process shares)."""
+        """Close the engine (for a local folder: the one every store in this process shares)."""
         with self._lock, _local_lock:
-            if self._client is not None:
-                self._client.close()
-                for folder, client in list(_local_clients.items()):
-                    if client is self._client:
-                        del _local_clients[folder]
-                self._client = None
+            if self._engine is not None:
+                self._engine.close()
+                for key, engine in list(_local_engines.items()):
+                    if engine is self._engine:
+                        del _local_engines[key]
+                self._engine = None

@@ -112,6 +112,7 @@ def _store_face(
         "source": job.source,
         "created_at": datetime.fromtimestamp(job.submitted_at, UTC).isoformat(),
         "stored_at": job.submitted_at,
+        "erasure_epoch": job.epoch,  # an import skips the face if the user was erased since
     }
     vectors.upsert(job.point_id, vector, payload)
     index.add(job.point_id, vector, job.typicality or 0.0)

@@ -74,14 +74,10 @@ def test_embedded_default_end_to_end(photos, data_dir, tmp_path):
 
 
 def test_a_held_qdrant_folder_is_a_clear_configuration_error(photos, data_dir):
-    from qdrant_client import QdrantClient
+    from qdrant_folders import held
 
-    (data_dir / "qdrant").mkdir(parents=True)
-    holder = QdrantClient(path=str(data_dir / "qdrant"))
-    try:
+    with held(data_dir / "qdrant"):
         out = _run(["score", str(photos / "obama.jpg")], data_dir)
-    finally:
-        holder.close()
     assert out.returncode == 2
     assert "held by another process" in out.stderr and "QDRANT_URL" in out.stderr
 
@@ -255,3 +251,26 @@ def test_beat_keeps_its_schedule_in_the_data_folder(settings):
     from aurum_ml.celery_app import config
 
     assert config.beat_schedule_filename == str(settings.data_dir / "celerybeat-schedule")
+
+
+def test_export_and_import_move_the_faces_between_folders(photos, data_dir, tmp_path):
+    scored = _run(["score", str(photos / "obama.jpg"), str(photos / "biden.jpg")], data_dir)
+    assert scored.returncode == 0, scored.stderr
+    file = tmp_path / "faces.jsonl.gz"
+    out = _run(["export-vectors", str(file)], data_dir)
+    assert out.returncode == 0 and "exported 2 faces" in out.stdout, out.stderr
+    again = _run(["export-vectors", str(file)], data_dir)
+    assert again.returncode == 2 and "exists" in again.stderr and "Traceback" not in again.stderr
+
+    other = tmp_path / "other"
+    moved = _run(["import-vectors", "--json", str(file)], other)
+    assert moved.returncode == 0, moved.stderr
+    assert json.loads(moved.stdout)["imported"] == 2
+    similar = _run(["similar", "--json", "obama"], other)
+    assert similar.returncode == 0 and json.loads(similar.stdout)[0]["user_id"] == "biden"
+
+    for bad, says in [(tmp_path / "nope.jsonl", "no such file"),
+                      (photos / "obama.jpg", "not an aurum-ml vectors export")]:  # fmt: skip
+        refused = _run(["import-vectors", str(bad)], other)
+        assert refused.returncode == 2 and says in refused.stderr, refused.stderr
+        assert "Traceback" not in refused.stderr

@@ -13,6 +13,7 @@ import pytest
 
 from aurum_ml import tasks
 from aurum_ml.index import midrank_percentiles, score_of, unit
+from aurum_ml.queries import stored_result
 from aurum_ml.runtime import build_runtime, set_runtime
 from aurum_ml.tasks import score_face
 
@@ -75,7 +76,7 @@ def test_rerank_of_2000_generated_faces_matches_brute_force(pipeline_worker, run
         standing = runtime.index.standing(pid)
         slack = 100 * near / len(expected) + 0.1 if near else 0  # near-ties may swap
         assert abs(score_of(standing.percentile) - score) <= slack + 1e-9, pid
-        assert abs(payloads[pid]["score"] - score) <= slack + 1e-9, pid
+        assert abs(stored_result(runtime, pid, payloads[pid], [])["score"] - score) <= slack + 1e-9
         assert 1 <= len(payloads[pid]["vibes"]) <= 3
     distribution = runtime.index.distribution()
     assert distribution.count == len(expected)

@@ -105,23 +105,18 @@ def _refused(process: subprocess.Popen) -> str:
 
 
 def test_a_store_worker_that_cannot_own_the_folder_refuses_to_start(recipe_redis, tmp_path):
-    from qdrant_client import QdrantClient
+    from qdrant_folders import held
 
     prefork = _refused(
         _start_worker(["-Q", "store", "-n", "store1@%h"], tmp_path / "a", recipe_redis)
     )
     assert "refusing to start" in prefork and "--pool threads" in prefork
 
-    folder = tmp_path / "b" / "qdrant"
-    folder.mkdir(parents=True)
-    holder = QdrantClient(path=str(folder))  # another process's store worker, say
-    try:
+    with held(tmp_path / "b" / "qdrant"):  # another process's store worker, say
         second = _start_worker(
             ["-Q", "store", "--pool", "threads", "-n", "s2@%h"], tmp_path / "b", recipe_redis
         )
         err = _refused(second)
-    finally:
-        holder.close()
     assert "held by another process" in err and "QDRANT_URL" in err
 
     # a worker without the store queue never opens the folder: it starts
