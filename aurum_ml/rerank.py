@@ -105,11 +105,11 @@ def rerank(runtime: Runtime, update_payloads: bool = True) -> RerankReport:
     1. the centroid (sum of unit embeddings) and the vibe reference's statistics;
     2. every typicality against that centroid, into a staging sorted set in Redis, swapped
        in atomically (faces stored meanwhile keep theirs; faces erased meanwhile stay out);
-    3. with ``update_payloads``: each face's vibe tags, written to the payloads where they
-       changed, a batch at a time; then the vector index is brought up to date. Scores
-       and ranks are not written back: they are read live from the sorted set, and Qdrant
-       rewrites (and un-indexes) every point whose payload changes, so a re-rank writing
-       every face would rebuild the whole index each time.
+    3. with ``update_payloads``, until the vibe reference is frozen: each face's vibe tags,
+       written to the payloads where they changed, a batch at a time; then the vector
+       index is brought up to date. Scores and ranks are not written back: they are read
+       live from the sorted set, and Qdrant rewrites (and un-indexes) every point whose
+       payload changes, so a re-rank writing every face would rebuild the whole index.
     """
     started = time.perf_counter()
     settings, index, vectors = runtime.settings, runtime.index, runtime.vectors
@@ -138,15 +138,17 @@ def rerank(runtime: Runtime, update_payloads: bool = True) -> RerankReport:
 
     frozen = False
     reference = None
+    tags_fixed = False  # a frozen reference never changes a face's tags: nothing to write
     if count:
         reference = index.vibe_reference()
-        if reference is None or not reference.frozen:
+        tags_fixed = reference is not None and reference.frozen
+        if not tags_fixed:
             reference = moments.reference()
             if count >= settings.vibe_reference_min_faces:
                 frozen = index.freeze_vibe_reference(reference)
                 reference = index.vibe_reference() or reference
     changed = 0
-    if count and update_payloads and reference is not None:
+    if count and update_payloads and reference is not None and not tags_fixed:
         for ids, units, payloads in _batches(runtime, gone | index.gone(), True):  # pass 3
             updates = []
             for i, pid in enumerate(ids):
