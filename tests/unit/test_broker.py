@@ -63,3 +63,31 @@ def test_our_transport_turns_both_into_connection_errors(tmp_path):
 
 def test_the_app_connects_through_it():
     assert isinstance(app.connection_for_read().transport, broker.Transport)
+
+
+def _publishing_on_a_channel_closed_under_it(tmp_path: Path, transport: type | None):
+    """A pooled producer (bound to its connection, as Celery's are) whose channel was closed
+    when the connection was lost: the state a task publishing its next stage met."""
+    from kombu import Producer
+
+    server = chaos.RedisServer(tmp_path).start()
+    conn = Connection(server.url, transport=transport)
+    queue = Queue("jobs", Exchange("jobs"), "jobs")
+    producer = Producer(conn)
+    producer.publish({"job": 1}, exchange="jobs", routing_key="jobs", declare=[queue])
+    conn.transport.close_connection(conn.connection)  # the lost connection's channels close
+    return producer, server
+
+
+def test_plain_kombu_cannot_publish_there(tmp_path):
+    producer, server = _publishing_on_a_channel_closed_under_it(tmp_path, kombu_redis.Transport)
+    with pytest.raises(AttributeError):
+        producer.publish({"job": 2}, exchange="jobs", routing_key="jobs", retry=True)
+    server.stop()
+
+
+def test_our_transport_reconnects_and_publishes(tmp_path):
+    producer, server = _publishing_on_a_channel_closed_under_it(tmp_path, None)
+    producer.publish({"job": 2}, exchange="jobs", routing_key="jobs", retry=True)
+    assert server.client().llen("jobs") == 2  # nothing lost
+    server.stop()
