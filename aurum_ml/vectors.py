@@ -3,8 +3,10 @@
 - **A local folder** (``QDRANT_PATH``, default ``$AURUM_DATA_DIR/qdrant``: the embedded
   default, a one-machine deployment, the tests) is Qdrant's own engine in this process,
   Qdrant Edge (``qdrant-edge-py``): HNSW and a keyword index on ``user_id``, no server. One
-  shard per collection under ``edge/``. A shard is opened by one process only (Qdrant's
-  write-ahead log is locked), which is the local-folder rule (:func:`folder_rule`).
+  shard per collection under ``edge/``, opened by one process only (an exclusive lock on
+  ``edge/<collection>.lock``): the local-folder rule (:func:`folder_rule`). An erased face
+  leaves the disk when :meth:`VectorStore.delete` returns (no write-ahead log; the segment
+  that held it is rewritten).
 - **A server** (``QDRANT_URL``) through qdrant-client.
 
 Both keep the same ids, payloads, Euclidean distances on the raw vectors (dlib's
@@ -295,30 +297,49 @@ def _local_mode_client(folder: Path) -> Any:
 class _EdgeEngine:
     """One Qdrant Edge shard (a collection) in this process. Its calls hold the GIL, so an
     :meth:`optimize` pauses this process's other threads while it builds (see BENCHMARKS.md
-    for how long); searches and writes never wait for an index."""
+    for how long); searches and writes never wait for an index.
+
+    Erasure reaches the disk: the shard keeps no write-ahead log (it would hold every
+    stored vector and payload until it rotates), so each write is flushed before it
+    returns instead, and any segment holding a deleted point is rewritten at the next
+    :meth:`optimize`, which :meth:`delete` runs at once. With no log to lock, the shard is
+    held by an exclusive lock on ``<shard>.lock`` for as long as it is open."""
 
     name = "qdrant-edge"
 
     def __init__(
         self, path: Path, dim: int, folder: Path, indexing_threshold_kb: int | None = None
     ) -> None:
+        import fcntl
+
         import qdrant_edge as edge
 
         self.edge, self.path, self.folder = edge, path, folder
-        optimizers = None
-        if indexing_threshold_kb is not None:
-            optimizers = edge.EdgeOptimizersConfig(indexing_threshold=indexing_threshold_kb)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._held = (path.parent / f"{path.name}.lock").open("a")
+        try:
+            fcntl.flock(self._held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._held.close()
+            raise ConfigError(folder_rule(folder, "is held by another process")) from None
+        optimizers = edge.EdgeOptimizersConfig(
+            deleted_threshold=1e-9,  # a segment with any erased face is rewritten
+            vacuum_min_vector_number=1,
+            indexing_threshold=indexing_threshold_kb,
+        )
+        vectors = edge.EdgeVectorParams(size=dim, distance=edge.Distance.Euclid)
         try:
             if (path / "edge_config.json").exists():
-                settings = edge.EdgeConfig(optimizers=optimizers) if optimizers else None
-                self.shard = edge.EdgeShard.load(str(path), settings)
+                config = edge.EdgeConfig(vectors=vectors, optimizers=optimizers)
+                self.shard = edge.EdgeShard.load(str(path), config)
             else:
                 config = edge.EdgeConfig(
-                    vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Euclid),
+                    vectors=vectors,
                     hnsw_config=edge.HnswIndexConfig(
                         m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=10_000
                     ),
                     optimizers=optimizers,
+                    wal_enabled=False,
                 )
                 self.shard = edge.EdgeShard.create(str(path), config)
                 self.shard.update(
@@ -326,9 +347,9 @@ class _EdgeEngine:
                         "user_id", edge.PayloadSchemaType.Keyword
                     )
                 )
+                self.shard.flush()
         except Exception as exc:
-            if "WouldBlock" in str(exc):  # another process has the shard's write-ahead log
-                raise ConfigError(folder_rule(folder, "is held by another process")) from None
+            self._held.close()
             raise ConfigError(f"cannot open the Qdrant Edge shard {path}: {exc}") from None
 
     @contextlib.contextmanager
@@ -350,6 +371,7 @@ class _EdgeEngine:
         structs = [edge.Point(pid, vector.tolist(), payload) for pid, vector, payload in points]
         with self._errors():
             self.shard.update(edge.UpdateOperation.upsert_points(structs))
+            self.shard.flush()
 
     def retrieve(self, ids: list[str], vectors: bool, payload: bool) -> list[Point]:
         with self._errors():
@@ -394,14 +416,20 @@ class _EdgeEngine:
         with self._errors():
             for pid, fields in updates:
                 self.shard.update(edge.UpdateOperation.set_payload([pid], fields))
+            self.shard.flush()
 
     def delete(self, ids: list[str]) -> None:
         with self._errors():
             self.shard.update(self.edge.UpdateOperation.delete_points(list[Any](ids)))
+            self.shard.flush()
+            self.shard.optimize()  # rewrite the segments that held them: off the disk now
+            self.shard.flush()  # (the engine lets go of the old segments' files here)
 
     def optimize(self) -> bool:
         with self._errors():
-            return bool(self.shard.optimize())
+            changed = bool(self.shard.optimize())
+            self.shard.flush()
+        return changed
 
     def status(self) -> dict[str, int]:
         with self._errors():
@@ -416,6 +444,7 @@ class _EdgeEngine:
         with contextlib.suppress(Exception):
             self.shard.flush()
         self.shard.close()
+        self._held.close()  # and the lock with it
 
 
 # --- migration from qdrant-client's local mode -----------------------------------------------
@@ -469,6 +498,7 @@ def migrate_local_mode(folder: Path, batch: int = 1000) -> dict[str, int]:
             expected, written = source.count(), target.count()
             target.optimize()
             target.close()
+            (aside.parent / f"{aside.name}.lock").unlink(missing_ok=True)
             if written != expected:
                 shutil.rmtree(aside, ignore_errors=True)
                 raise ConfigError(

@@ -17,15 +17,17 @@ COLLECTION = collection_name(MODEL_ID, 128)
 
 @contextlib.contextmanager
 def held(folder: Path) -> Iterator[None]:
-    """The folder's shard open here, as another process's store worker would hold it."""
-    import qdrant_edge as edge
+    """The folder open in this process, as another process's store worker would hold it."""
+    from aurum_ml.settings import get_settings
+    from aurum_ml.vectors import VectorStore
 
-    config = edge.EdgeConfig(vectors=edge.EdgeVectorParams(size=128, distance=edge.Distance.Euclid))
-    shard = edge.EdgeShard.create(str(folder / "edge" / COLLECTION), config)
+    settings = get_settings().model_copy(update={"qdrant_path": folder, "qdrant_url": None})
+    store = VectorStore(settings, MODEL_ID, 128)
+    store.count()  # opens it
     try:
         yield
     finally:
-        shard.close()
+        store.close()
 
 
 def write_local_mode(folder: Path, n: int, seed: int = 5) -> dict[str, tuple[np.ndarray, dict]]:

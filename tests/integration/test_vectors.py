@@ -176,9 +176,9 @@ def test_a_local_mode_folder_is_moved_to_edge_on_first_open_losing_no_point(sett
     finally:
         store.close()
     left = sorted(p.name for p in folder.iterdir())
-    assert left == ["edge"] and sorted(p.name for p in (folder / "edge").iterdir()) == [
-        COLLECTION
-    ]  # the old copy is gone: an erasure must not survive in it
+    shards = sorted(p.name for p in (folder / "edge").iterdir())
+    assert left == ["edge"] and shards == [COLLECTION, f"{COLLECTION}.lock"]
+    # the old copy is gone: an erasure must not survive in it
 
 
 def test_a_local_mode_folder_held_by_its_old_worker_is_not_moved(settings, tmp_path):
@@ -254,3 +254,37 @@ def test_a_damaged_export_writes_nothing(runtime, both, tmp_path):
             import_vectors(dataclasses.replace(runtime, vectors=target), tmp_path / "gz.jsonl.gz")
     finally:
         target.close()
+
+
+def _on_disk(folder: Path, needles: list[bytes]) -> list[str]:
+    found = []
+    for file in folder.rglob("*"):
+        if file.is_file():
+            data = file.read_bytes()
+            found += [f"{file.relative_to(folder)}" for n in needles if n in data]
+    return found
+
+
+def test_an_erased_face_leaves_the_disk(settings, tmp_path):
+    """Edge keeps no write-ahead log and rewrites a segment that held a deleted point:
+    neither the vector's bytes nor the user id stay in the folder, whether the face was
+    in an indexed segment or in the appendable one."""
+    store = _store(settings, tmp_path, "edge", qdrant_indexing_threshold_kb=64)
+    rng = np.random.default_rng(41)
+    try:
+        store.upsert_many(_population(1000, seed=31))
+        secrets = {}
+        for user in ("erase-me-indexed", "erase-me-fresh"):
+            vector = rng.normal(size=128).astype(np.float32)
+            pid = point_id(user, "e" * 64, 0, MODEL_ID)
+            store.upsert(pid, vector, {"user_id": user, "stored_at": 1.0})
+            secrets[pid] = (user.encode(), vector.tobytes()[:32])
+            if user == "erase-me-indexed":
+                store.upsert_many(_population(400, seed=32, name="more"))
+                assert store.optimize() is True
+        needles = [n for pair in secrets.values() for n in pair]
+        assert len(_on_disk(tmp_path, needles)) >= 4  # the test can see them
+        store.delete(list(secrets))
+        assert store.count() == 1400 and _on_disk(tmp_path, needles) == []
+    finally:
+        store.close()
