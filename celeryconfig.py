@@ -118,7 +118,7 @@ result_expires = _settings.result_expires_s
 # soft limit → SoftTimeLimitExceeded in the task (a permanent failure); hard → killed.
 # The acked-late tasks' hard limits set the Redis visibility timeout below: keep them short.
 _LIMITS = {
-    "aurum_ml.score_face": (15, 20),
+    "aurum_ml.score_face": (40, 45),  # it may run detect, embed and score itself (tasks.py)
     "aurum_ml.detect": (40, 45),
     "aurum_ml.embed": (40, 45),
     "aurum_ml.score": (30, 40),

@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     detect_coarse_levels: int = Field(2, ge=0, le=6, validation_alias="DETECT_COARSE_LEVELS")
     min_face_px: int = Field(48, ge=1, validation_alias="MIN_FACE_PX")
     allow_multiple_faces: bool = Field(False, validation_alias="ALLOW_MULTIPLE_FACES")
+    # A worker consuming detect, embed and score with in-process models runs a job's three
+    # stages in its intake task instead of sending them through the broker to itself.
+    inline_local_stages: bool = Field(True, validation_alias="INLINE_LOCAL_STAGES")
 
     # --- quality gate (a face failing any threshold is rejected as low_quality) -----------
     quality_gate: bool = Field(True, validation_alias="QUALITY_GATE")

@@ -364,7 +364,52 @@ def score_face(
         epoch=epoch,
     )
     runtime.inflight.enter(job)  # from here a lost message is found (aurum_ml.redrive)
+    if _stages_run_here(runtime):
+        return self.replace(store.s(_dump(_run_here(self, runtime, job))))
     return self.replace(_stages(job))
+
+
+def _in_process(rt: Runtime, service: FaceBackend | None) -> bool:
+    """Would a stage with this service run on the in-process model now?"""
+    if service is None:
+        return True
+    return bool(rt.settings.fallback_to_simulated and fallback_state(rt.state.redis).active)
+
+
+def _stages_run_here(rt: Runtime) -> bool:
+    """Does this worker consume the detect, embed and score queues and run their models
+    in-process? Then sending a job's three stages through the broker would only bring
+    them back to this very pool: intake runs them itself (``INLINE_LOCAL_STAGES``)."""
+    if not rt.settings.inline_local_stages:
+        return False
+    consumed = {queue for queue in app.amqp.queues.consume_from}
+    return (
+        {"detect", "embed", "score"} <= consumed
+        and _in_process(rt, rt.detect_service)
+        and _in_process(rt, rt.embed_service)
+    )
+
+
+def _run_here(task: Task, rt: Runtime, job: Job) -> Job:
+    """detect → embed → score in this task, each counted as its stage (aurum_ml.metrics)
+    as if it had run as one; the job then goes on to the store stage."""
+    steps: tuple[tuple[str, Callable[[Job], Job]], ...] = (
+        ("detect", lambda j: _with_service_or_fallback(
+            task, rt, rt.detect_service, lambda backend: rt.detect(j, backend))),
+        ("embed", lambda j: _with_service_or_fallback(
+            task, rt, rt.embed_service, lambda backend: rt.embed(j, backend))),
+        ("score", rt.score),
+    )  # fmt: skip
+    for stage, run in steps:
+        started = time.perf_counter()
+        came_in = _dump(job)
+        outcome, source = "failed", "none"
+        try:
+            job = run(job)
+            outcome, source = _outcome((came_in,), _dump(job))
+        finally:
+            _stage_ran(stage, job.job_id, time.perf_counter() - started, outcome, source)
+    return job
 
 
 def _stages(job: Job, job_id: str | None = None) -> Any:

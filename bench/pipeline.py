@@ -7,9 +7,11 @@ number of processes, in one run.
   decode the file, HOG on a ≤ DETECT_MAX_SIDE copy, 5 landmarks, the ResNet descriptor on
   the full image — one decode per photo;
 - chain: ``score_face`` through real Redis and real worker processes (detect/embed/score on a
-  prefork pool of 2, store on its own single-thread worker, as with a local Qdrant folder):
-  saturated (every job submitted at once: faces/s) and at low load (one job at a time: p50
-  end to end), and the median / p95 of each stage.
+  prefork pool of 2, store on its own single-thread worker, as with a local Qdrant folder),
+  with detect/embed/score in intake's task (the default for stages sharing a worker) and
+  with a message per stage (``INLINE_LOCAL_STAGES=false``): saturated (every job submitted
+  at once: faces/s) and at low load (one job at a time: p50 end to end), and the median /
+  p95 of each stage.
 
 Both on the test photos at their real sizes (0.9–3.3 MP) and resized to 640 px. Not a test:
 reports medians and ratios measured in one run. Uses a Redis
@@ -171,16 +173,22 @@ def main() -> None:
 
     redis.Redis.from_url(broker).flushdb()
     redis.Redis.from_url(broker).set(CLAIM_KEY, os.getpid(), ex=7200)  # still ours
-    started = workers(env)
+    layouts = {"one task": "true", "a message per stage": "false"}  # INLINE_LOCAL_STAGES
+    chains: dict[str, dict] = {}
     try:
-        chain = {
-            label: _chain(blobs, jobs, low, str(i)) for i, (label, blobs) in enumerate(sets.items())
-        }
+        for n, (layout, inline) in enumerate(layouts.items()):
+            started = workers(env | {"INLINE_LOCAL_STAGES": inline})
+            try:
+                chains[layout] = {
+                    label: _chain(blobs, jobs, low, f"{n}{i}")
+                    for i, (label, blobs) in enumerate(sets.items())
+                }
+            finally:
+                for worker in started:
+                    worker.terminate()
+                for worker in started:
+                    worker.wait(60)
     finally:
-        for worker in started:
-            worker.terminate()
-        for worker in started:
-            worker.wait(60)
         shutil.rmtree(folder, ignore_errors=True)
         redis.Redis.from_url(broker).flushdb()
 
@@ -190,31 +198,34 @@ def main() -> None:
         "decode once, HOG over its whole pyramid on a ≤ 1280 px copy, 5 landmarks, descriptor "
         f"(a multiprocessing pool of {PROCESSES}). Chain (detection coarse to fine, "
         "DETECT_COARSE_LEVELS=2): `score_face` through real Redis, detect/embed/score on a "
-        f"prefork pool of {PROCESSES}, store on one thread (local Qdrant folder); saturated = "
+        f"prefork pool of {PROCESSES}, store on one thread (local Qdrant folder); detect, embed "
+        "and score in intake's task (the default when one worker runs them in-process) or a "
+        "message per stage (INLINE_LOCAL_STAGES=false); saturated = "
         f"{jobs} jobs submitted at once, low load = one job at a time. Python "
         f"{platform.python_version()}.",
         "",
-        "| photos | raw loop faces/s | chain faces/s | × raw | raw s/photo (p50) | "
+        "| photos | stages | raw loop faces/s | chain faces/s | × raw | raw s/photo (p50) | "
         "chain one job at a time (p50) | − raw |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for label in sets:
         rate, per_photo = raw[label]
-        c = chain[label]
-        lines.append(
-            f"| {label} | {rate:.1f} | {c['rate']:.1f} | {c['rate'] / rate:.2f} | "
-            f"{per_photo * 1000:.0f} ms | {c['low_p50'] * 1000:.0f} ms | "
-            f"{(c['low_p50'] - per_photo) * 1000:+.0f} ms |"
-        )
+        for layout, chain in chains.items():
+            c = chain[label]
+            lines.append(
+                f"| {label} | {layout} | {rate:.1f} | {c['rate']:.1f} | {c['rate'] / rate:.2f} | "
+                f"{per_photo * 1000:.0f} ms | {c['low_p50'] * 1000:.0f} ms | "
+                f"{(c['low_p50'] - per_photo) * 1000:+.0f} ms |"
+            )
     lines += [
         "",
-        "Per stage at saturation, real-size photos (ms; `total` includes queue waits, so it",
-        "grows with the backlog):",
+        "Per stage at saturation, real-size photos, one task (ms; `total` counts from intake,",
+        "so it includes the wait for the store stage):",
         "",
         "| stage | median | p95 |",
         "|---|---:|---:|",
     ]
-    results = chain[next(iter(sets))]["results"]
+    results = chains["one task"][next(iter(sets))]["results"]
     for stage in ("detect", "embed", "score", "store", "total"):
         values = [r["timings_ms"][stage] for r in results]
         lines.append(f"| {stage} | {statistics.median(values):.0f} | {_p95(values):.0f} |")

@@ -40,6 +40,7 @@ def cluster_env(tmp_path, redis_client, rabbit) -> dict[str, str]:
         AURUM_RESULT_BACKEND=TEST_REDIS,
         AURUM_REDIS_URL=TEST_REDIS,
         QDRANT_PATH=str(tmp_path / "qdrant"),
+        INLINE_LOCAL_STAGES="false",  # every stage through RabbitMQ, though one worker runs all
     )
     return env
 

@@ -156,6 +156,34 @@ def test_the_image_never_reaches_logs_or_events(pipeline_worker, photos):
     assert image[:200] not in headers["argsrepr"] and "<image>" in headers["argsrepr"]
     assert "u-redact" not in headers["kwargsrepr"] and "<user>" in headers["kwargsrepr"]
     stages = [h for h in seen if h["task"] != "aurum_ml.score_face"]
-    assert {h["task"] for h in stages} >= {"aurum_ml.detect", "aurum_ml.store"}
+    assert "aurum_ml.store" in {h["task"] for h in stages}  # (detect..score ran in intake)
     for stage in stages:  # a job payload shows as its id and status only
         assert "u-redact" not in stage["argsrepr"] and "<job " in stage["argsrepr"]
+
+
+def test_stages_that_share_the_worker_run_in_the_intake_task(
+    pipeline_worker, photos, runtime, tasks_run
+):
+    """This worker consumes every queue and runs the models in-process: intake runs detect,
+    embed and score itself and sends only the store stage. With INLINE_LOCAL_STAGES=false
+    the whole chain goes through the broker — to the same face, vector and quality."""
+    from aurum_ml.runtime import build_runtime, set_runtime
+
+    data = (photos / "obama3.jpg").read_bytes()
+    inline = _score(data, "u-inline")
+    assert tasks_run == ["aurum_ml.score_face", "aurum_ml.store"]
+    tasks_run.clear()
+    split = runtime.settings.model_copy(update={"inline_local_stages": False})
+    previous = set_runtime(build_runtime(split, local=runtime.local))
+    try:
+        chained = _score(data, "u-chained")
+    finally:
+        set_runtime(previous)
+    assert tasks_run == [
+        f"aurum_ml.{t}" for t in ("score_face", "detect", "embed", "score", "store")
+    ]
+    assert inline["status"] == chained["status"] == "scored"
+    assert (inline["face"], inline["quality"]) == (chained["face"], chained["quality"])
+    assert set(inline["timings_ms"]) == set(chained["timings_ms"])
+    a, b = runtime.vectors.get(inline["point_id"])[0], runtime.vectors.get(chained["point_id"])[0]
+    assert (a == b).all()
