@@ -42,6 +42,7 @@ class RerankReport:
     seconds: float
     vibe_reference_frozen: bool
     payloads_updated: int = 0
+    index_seconds: float = 0.0  # of ``seconds``: the vector index's upkeep (pauses the store)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +51,7 @@ class RerankReport:
             "seconds": round(self.seconds, 3),
             "vibe_reference_frozen": self.vibe_reference_frozen,
             "payloads_updated": self.payloads_updated,
+            "index_seconds": round(self.index_seconds, 3),
         }
 
 
@@ -157,11 +159,14 @@ def rerank(runtime: Runtime, update_payloads: bool = True) -> RerankReport:
                     updates.append((pid, {"vibes": vibes}))
             vectors.set_payloads(updates)
             changed += len(updates)
+    indexing = time.perf_counter()
     vectors.optimize()  # fold the faces stored since the last re-rank into the vector index
+    index_s = time.perf_counter() - indexing
     return RerankReport(
         model=index.model,
         faces=faces,
         seconds=time.perf_counter() - started,
         vibe_reference_frozen=frozen,
         payloads_updated=changed,
+        index_seconds=index_s,
     )
