@@ -427,7 +427,8 @@ def _vector_store_access() -> Any:
     except BadInput as exc:
         raise _Exit(2, str(exc)) from None
     except AurumError as exc:
-        raise _Exit(1, f"{type(exc).__name__}: {exc}") from None
+        where = runtime.vectors.where
+        raise _Exit(1, f"{type(exc).__name__}: {exc} (the store: {where})") from None
     finally:
         runtime.vectors.close()
 

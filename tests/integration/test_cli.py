@@ -274,3 +274,6 @@ def test_export_and_import_move_the_faces_between_folders(photos, data_dir, tmp_
         refused = _run(["import-vectors", str(bad)], other)
         assert refused.returncode == 2 and says in refused.stderr, refused.stderr
         assert "Traceback" not in refused.stderr
+    down = _run(["import-vectors", str(file)], other, QDRANT_URL="http://127.0.0.1:9")
+    assert down.returncode == 1 and "StoreUnavailable" in down.stderr, down.stderr
+    assert "http://127.0.0.1:9" in down.stderr and "Traceback" not in down.stderr
