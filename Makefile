@@ -31,7 +31,7 @@ lint: setup
 alerts:  ## check deploy/prometheus and run the alerts' unit tests (needs promtool: apt-get install prometheus)
 	cd deploy/prometheus && promtool check config prometheus.yml && promtool test rules alerts.test.yml
 
-bench: bench-detection bench-pipeline bench-services bench-api bench-population  ## every benchmark into BENCHMARKS.md: ~30 min, most of it the 1M-face index build (QUICK=1: ~5 min)
+bench: bench-detection bench-pipeline bench-services bench-api bench-population  ## every benchmark into BENCHMARKS.md: ~30 min, most of it the 1M-face index build (QUICK=1: ~3 min)
 
 bench-detection: photos  ## detect before/after coarse to fine, per photo and size
 	$(BIN)/python bench/detection.py $(if $(QUICK),--quick)
