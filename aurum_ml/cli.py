@@ -466,11 +466,10 @@ def import_vectors_command(file: Path, as_json: bool) -> None:
 
     if not file.is_file():
         raise _Exit(2, f"no such file: {file}")
-    settings = _settings()
     with _vector_store_access() as runtime:
         report = import_vectors(runtime, file).as_dict()
         report["into"] = runtime.vectors.where
-        if not settings.embedded:  # place them in the cluster's score index now
+        if not runtime.settings.embedded:  # place them in the cluster's score index now
             report["reranked"] = rerank(runtime).faces
 
     def lines(r: dict[str, Any]) -> list[str]:

@@ -217,6 +217,9 @@ def _stage_ran(stage: str, job_id: str | None, seconds: float, outcome: str, sou
         pass
 
 
+_OUTCOME_FIELDS = {"status", "source", "reason", "image_sha256"}  # what _outcome reads
+
+
 def _outcome(args: tuple[Any, ...], retval: Any) -> tuple[str, str]:
     """(outcome, source) of a stage run that returned: a job passed on is ``ok``; a job
     that came in already rejected and passes through a middle stage is ``skipped``; an end
@@ -371,20 +374,13 @@ def score_face(
     return self.replace(_stages(job))
 
 
-def _in_process(rt: Runtime, service: FaceBackend | None) -> bool:
-    """Would a stage with this service run on the in-process model now?"""
-    if service is None:
-        return True
-    return bool(rt.settings.fallback_to_simulated and fallback_state(rt.state.redis).active)
-
-
 def _stages_run_here(rt: Runtime) -> bool:
     """Does this worker consume the detect, embed and score queues and run their models
     in-process? Then sending a job's three stages through the broker would only bring
     them back to this very pool: intake runs them itself (``INLINE_LOCAL_STAGES``)."""
     if not rt.settings.inline_local_stages:
         return False
-    consumed = {queue for queue in app.amqp.queues.consume_from}
+    consumed = set(app.amqp.queues.consume_from)
     return (
         {"detect", "embed", "score"} <= consumed
         and _in_process(rt, rt.detect_service)
@@ -395,21 +391,14 @@ def _stages_run_here(rt: Runtime) -> bool:
 def _run_here(task: Task, rt: Runtime, job: Job) -> Job:
     """detect → embed → score in this task, each counted as its stage (aurum_ml.metrics)
     as if it had run as one; the job then goes on to the store stage."""
-    steps: tuple[tuple[str, Callable[[Job], Job]], ...] = (
-        ("detect", lambda j: _with_service_or_fallback(
-            task, rt, rt.detect_service, lambda backend: rt.detect(j, backend))),
-        ("embed", lambda j: _with_service_or_fallback(
-            task, rt, rt.embed_service, lambda backend: rt.embed(j, backend))),
-        ("score", rt.score),
-    )  # fmt: skip
     task.request.inline_s = 0.0
-    for stage, run in steps:
+    for stage, run in _MIDDLE:
         started = time.perf_counter()
-        came_in = _dump(job)
+        came_in = {"status": job.status}
         outcome, source = "failed", "none"
         try:
-            job = run(job)
-            outcome, source = _outcome((came_in,), _dump(job))
+            job = run(task, rt, job)
+            outcome, source = _outcome((came_in,), job.model_dump(include=_OUTCOME_FIELDS))
         finally:
             seconds = time.perf_counter() - started
             task.request.inline_s += seconds
@@ -423,56 +412,64 @@ def _stages(job: Job, job_id: str | None = None) -> Any:
     return chain(detect.s(_dump(job)), embed.s(), score.s(), last)
 
 
+def _in_process(rt: Runtime, service: FaceBackend | None) -> bool:
+    """Would a stage with this service run on the in-process model now: no service, or
+    the fallback flag on (with FALLBACK_TO_SIMULATED)?"""
+    if service is None:
+        return True
+    return bool(rt.settings.fallback_to_simulated and fallback_state(rt.state.redis).active)
+
+
 def _with_service_or_fallback(
     task: Task, rt: Runtime, service: FaceBackend | None, run: Callable[[FaceBackend], Job]
 ) -> Job:
     """The service, unless there is none (USE_REAL_ML off, no URL) or the fallback flag is
     on; when the service is still unavailable on the last retry, the fallback — both only
     with FALLBACK_TO_SIMULATED. Otherwise ServiceUnavailable goes to Celery's autoretry."""
-    may_fall_back = rt.settings.fallback_to_simulated
-    if service is None or (may_fall_back and fallback_state(rt.state.redis).active):
+    if service is None or _in_process(rt, service):  # (None: narrows the type)
         return run(rt.fallback)
     try:
         return run(service)
     except ServiceUnavailable as exc:
-        if may_fall_back and task.request.retries >= task.max_retries:
+        if rt.settings.fallback_to_simulated and task.request.retries >= task.max_retries:
             log.warning("%s: service unavailable after retries (%s): fallback", task.name, exc)
             return run(rt.fallback)
         raise
 
 
+def _detect(task: Task, rt: Runtime, job: Job) -> Job:
+    return _with_service_or_fallback(task, rt, rt.detect_service, lambda b: rt.detect(job, b))
+
+
+def _embed(task: Task, rt: Runtime, job: Job) -> Job:
+    return _with_service_or_fallback(task, rt, rt.embed_service, lambda b: rt.embed(job, b))
+
+
+def _score(task: Task, rt: Runtime, job: Job) -> Job:
+    return rt.score(job)
+
+
+# the middle stages' bodies, in order: their tasks, and intake's run of them (_run_here)
+_MIDDLE: tuple[tuple[str, Callable[[Task, Runtime, Job], Job]], ...] = (
+    ("detect", _detect),
+    ("embed", _embed),
+    ("score", _score),
+)
+
+
 @app.task(bind=True, base=PipelineTask, name="aurum_ml.detect")
 def detect(self: Task, job: dict[str, Any]) -> dict[str, Any]:
-    rt = get_runtime()
-    current = Job.model_validate(job)
-    return _dump(
-        _with_service_or_fallback(
-            self,
-            rt,
-            rt.detect_service,
-            lambda backend: rt.detect(current, backend),
-        )
-    )
+    return _dump(_detect(self, get_runtime(), Job.model_validate(job)))
 
 
 @app.task(bind=True, base=PipelineTask, name="aurum_ml.embed")
 def embed(self: Task, job: dict[str, Any]) -> dict[str, Any]:
-    rt = get_runtime()
-    current = Job.model_validate(job)
-    return _dump(
-        _with_service_or_fallback(
-            self,
-            rt,
-            rt.embed_service,
-            lambda backend: rt.embed(current, backend),
-        )
-    )
+    return _dump(_embed(self, get_runtime(), Job.model_validate(job)))
 
 
 @app.task(bind=True, base=PipelineTask, name="aurum_ml.score")
 def score(self: Task, job: dict[str, Any]) -> dict[str, Any]:
-    rt = get_runtime()
-    return _dump(rt.score(Job.model_validate(job)))
+    return _dump(_score(self, get_runtime(), Job.model_validate(job)))
 
 
 @app.task(bind=True, base=PipelineTask, name="aurum_ml.store")

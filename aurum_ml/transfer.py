@@ -15,6 +15,7 @@ between the export and the import is not undone.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -44,12 +45,7 @@ class ImportReport:
     engine: str
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "imported": self.imported,
-            "skipped_erased": self.skipped_erased,
-            "collection": self.collection,
-            "engine": self.engine,
-        }
+        return dataclasses.asdict(self)
 
 
 def _open(path: Path, mode: str, named: Path | None = None) -> IO[str]:

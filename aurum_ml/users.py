@@ -104,8 +104,7 @@ class UserRecords:
 
     def erased_after(self, user_id: str, epoch: int) -> bool:
         """Was the user erased after a job of ``epoch`` was admitted?"""
-        with redis_errors():
-            return int(self.redis.get(self._tombstone(user_id)) or 0) > epoch
+        return self.erasure_epochs([user_id])[user_id] > epoch
 
     def erasure_epochs(self, user_ids: list[str]) -> dict[str, int]:
         """Each user's erasure epoch now (0: never erased, or long enough ago)."""

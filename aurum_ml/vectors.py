@@ -316,7 +316,7 @@ class _EdgeEngine:
 
         import qdrant_edge as edge
 
-        self.edge, self.path, self.folder = edge, path, folder
+        self.edge = edge
         path.parent.mkdir(parents=True, exist_ok=True)
         self._held = (path.parent / f"{path.name}.lock").open("a")
         try:
