@@ -161,6 +161,15 @@ def test_the_image_never_reaches_logs_or_events(pipeline_worker, photos):
         assert "u-redact" not in stage["argsrepr"] and "<job " in stage["argsrepr"]
 
 
+def _chain(names: list[str]) -> list[str]:
+    """The chain's tasks in the order they ran, a retry counted once (a task left over
+    from an earlier test, on the maintenance queue, is not the chain's)."""
+    chain = ("score_face", "detect", "embed", "score", "store")
+    ran = [n.removeprefix("aurum_ml.") for n in names]
+    ran = [n for n in ran if n in chain]
+    return [n for i, n in enumerate(ran) if i == 0 or ran[i - 1] != n]
+
+
 def test_stages_that_share_the_worker_run_in_the_intake_task(
     pipeline_worker, photos, runtime, tasks_run
 ):
@@ -171,7 +180,7 @@ def test_stages_that_share_the_worker_run_in_the_intake_task(
 
     data = (photos / "obama3.jpg").read_bytes()
     inline = _score(data, "u-inline")
-    assert tasks_run == ["aurum_ml.score_face", "aurum_ml.store"]
+    assert _chain(tasks_run) == ["score_face", "store"]
     tasks_run.clear()
     split = runtime.settings.model_copy(update={"inline_local_stages": False})
     previous = set_runtime(build_runtime(split, local=runtime.local))
@@ -179,9 +188,7 @@ def test_stages_that_share_the_worker_run_in_the_intake_task(
         chained = _score(data, "u-chained")
     finally:
         set_runtime(previous)
-    assert tasks_run == [
-        f"aurum_ml.{t}" for t in ("score_face", "detect", "embed", "score", "store")
-    ]
+    assert _chain(tasks_run) == ["score_face", "detect", "embed", "score", "store"]
     assert inline["status"] == chained["status"] == "scored"
     assert (inline["face"], inline["quality"]) == (chained["face"], chained["quality"])
     assert set(inline["timings_ms"]) == set(chained["timings_ms"])

@@ -84,6 +84,47 @@ def test_both_engines_give_the_same_answers(both):
     assert edge.get("not-a-point-id") is None and edge.payloads(["nope"]) == {}
 
 
+@pytest.mark.parametrize("own", [2, 25])
+def test_the_same_person_search_leaves_out_the_users_own_faces_however_many(
+    settings, tmp_path, own
+):
+    """The search walks the graph unfiltered for a window past its limit and tells the
+    user's own faces apart by payload; a user with more faces near the probe than that
+    window holds gets the filtered search as well. Either way: the nearest other users'
+    faces within the distance, as brute force finds them."""
+    rng = np.random.default_rng(own)
+    centre = rng.normal(scale=0.1, size=128).astype(np.float32)
+
+    def near(radius: float) -> np.ndarray:
+        step = rng.normal(size=128)
+        return (centre + step / np.linalg.norm(step) * radius).astype(np.float32)
+
+    crowd = [(f"self-{i}", near(rng.uniform(0.05, 0.2)), "me") for i in range(own)]
+    crowd += [(f"other-{i}", near(rng.uniform(0.25, 0.55)), f"u{i}") for i in range(14)]
+    crowd += [(f"far-{i}", near(rng.uniform(0.7, 0.9)), f"f{i}") for i in range(5)]
+    points = _population(400, seed=31) + [
+        (point_id(user, name.ljust(64, "0"), 0, MODEL_ID), vector, {"user_id": user})
+        for name, vector, user in crowd
+    ]
+    expected = sorted(
+        (float(np.linalg.norm(vector - centre)), pid)
+        for pid, vector, payload in points
+        if payload["user_id"] != "me" and np.linalg.norm(vector - centre) <= 0.6
+    )[:10]
+    for engine in ENGINES:
+        store = _store(settings, tmp_path / engine, engine)
+        try:
+            store.upsert_many(points)
+            hits = store.nearest_others(centre, "me", limit=10, max_distance=0.6)
+            assert [h[0] for h in hits] == [pid for _, pid in expected], engine
+            assert np.allclose([h[1] for h in hits], [d for d, _ in expected], atol=1e-5)
+            assert all(h[2]["user_id"] != "me" for h in hits)
+            fewer = store.nearest_others(centre, "me", limit=3, max_distance=0.3)
+            assert [h[0] for h in fewer] == [pid for d, pid in expected if d <= 0.3][:3]
+        finally:
+            store.close()
+
+
 def test_both_engines_change_points_the_same_way(settings, tmp_path):
     points = _population(40)
     for engine in ENGINES:
