@@ -112,7 +112,7 @@ def _disk_mb(folder: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="Edge at 1 000 and 100 000 only")
-    parser.add_argument("--samples", type=int, default=15)
+    parser.add_argument("--samples", type=int, default=25)
     args = parser.parse_args()
     edge_sizes = (1_000, 100_000) if args.quick else (1_000, 100_000, 1_000_000)
     local_sizes = () if args.quick else (1_000, 10_000)
@@ -153,8 +153,36 @@ def main() -> None:
     rows: list[dict] = []
     began = time.perf_counter()
 
+    def reference(engine: str, runtime):
+        """A second population of 1 000 in a folder and score index of its own: each job on
+        the measured population is paired with one on it, so the ratio compares the two
+        in the same minute (the machine's speed drifts over a 20-minute run)."""
+        settings = runtime.settings.model_copy(update={"qdrant_path": folder / f"ref-{engine}"})
+        kind = "edge" if engine == "edge" else "client"
+        store = VectorStore(settings, runtime.local.model, runtime.local.dim, kind)
+        _load(store, 0, 1_000)
+        store.optimize()
+        index = ScoreIndex(runtime.index.redis, f"bench-reference-{kind}", runtime.local.dim)
+        index.clear()
+        paired = dataclasses.replace(runtime, vectors=store, index=index)
+        rerank(paired)
+        return paired
+
+    def timed(runtime, job):
+        """score, same-person search, store (ms) of one job, and its result."""
+        t0 = time.perf_counter()
+        scored = runtime.score(job)
+        t1 = time.perf_counter()
+        runtime.vectors.nearest_others(vector, job.user_id, limit=10, max_distance=0.6)
+        t2 = time.perf_counter()
+        out = runtime.store(scored)
+        t3 = time.perf_counter()
+        assert out.status == "scored", out
+        return (t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000, out
+
     def measure(engine: str, store, sizes, runtime) -> None:
         loaded = 0
+        paired = reference(engine, runtime)
         pairs = _plant_pairs(store)
         for size in sizes:
             row: dict = {"engine": engine, "faces": size}
@@ -173,22 +201,25 @@ def main() -> None:
             row["peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
             tracemalloc.stop()
             row["rss_mb"] = _rss_mb()
-            score_ms, store_ms, search_ms = [], [], []
-            for job in _jobs(runtime, template, vector, args.samples, f"{engine}{size}"):
-                t0 = time.perf_counter()
-                scored = runtime.score(job)
-                t1 = time.perf_counter()
-                store.nearest_others(vector, job.user_id, limit=10, max_distance=0.6)
-                t2 = time.perf_counter()
-                out = runtime.store(scored)
-                t3 = time.perf_counter()
-                assert out.status == "scored", out
-                score_ms.append((t1 - t0) * 1000)
-                search_ms.append((t2 - t1) * 1000)
-                store_ms.append((t3 - t2) * 1000)
+            score_ms, store_ms, search_ms, ref_ms = [], [], [], []
+            tag = f"{engine}{size}"
+            for job, twin in zip(
+                _jobs(runtime, template, vector, args.samples, tag),
+                _jobs(paired, template, vector, args.samples, f"ref-{tag}"),
+                strict=True,
+            ):
+                score, search, stored, out = timed(runtime, job)
+                score_ms.append(score)
+                search_ms.append(search)
+                store_ms.append(stored)
+                ref_score, _, ref_store, _ = timed(paired, twin)
+                ref_ms.append(ref_score + ref_store)
             row["score_ms"] = statistics.median(score_ms)
             row["store_ms"] = statistics.median(store_ms)
             row["search_ms"] = statistics.median(search_ms)
+            row["ratio"] = statistics.median(
+                a + b for a, b in zip(score_ms, store_ms, strict=True)
+            ) / statistics.median(ref_ms)
             row["recall"] = _recall(store, pairs)
             started = time.perf_counter()  # an erasure: the point goes, and off the disk
             store.delete([out.point_id])
@@ -204,8 +235,12 @@ def main() -> None:
             rows.append(row)
             print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()},
                   flush=True)  # fmt: skip
+        paired.vectors.close()
+        paired.index.clear()
 
     upkeep = None
+    from aurum_ml.index import ScoreIndex
+
     try:
         edge = base_runtime.vectors
         measure("edge", edge, edge_sizes, base_runtime)
@@ -228,18 +263,23 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
     total_min = (time.perf_counter() - began) / 60
 
-    base = {r["engine"]: r["score_ms"] + r["store_ms"] for r in rows if r["faces"] == 1_000}
     lines = [
         "Generated filler faces loaded in batches of 2 000, indexed (Edge: `optimize`, "
-        "HNSW m 32, searched with ef 256) and placed by a re-rank's rebuild; then real jobs "
+        "HNSW m 32 over int8 copies, searched with ef 256 and re-scored on the full "
+        "vectors) and placed by a re-rank's rebuild; then real jobs "
         f"(obama.jpg's face and embedding, new users) through the score and store stages "
-        f"({args.samples} each, medians). The same-person search is top 10 of other users' "
+        f"({args.samples} each, medians), each paired with a job on a second population of "
+        "1 000 faces (its own folder and score index) run right after it: score+store × at "
+        "1 000 is the ratio of the two medians, measured in the same minutes. The same-person "
+        "search is top 10 of other users' "
         "faces within 0.6; its recall: of 20 planted people with two faces 0.3–0.4 apart "
         "under two users, the share whose other face it finds (local mode searches "
         "exactly). Re-rank = the hourly one on an indexed folder (batch 2 000; in brackets "
-        "its vector-index upkeep, during which the store worker's other threads wait); its "
-        "memory: tracemalloc's peak of Python allocations, and the process's resident "
-        "size (RSS: the engine's indexes and the benchmark's own). Start-up = opening "
+        "its vector-index upkeep, during which the store worker's other threads wait), timed "
+        "under tracemalloc, which slows Python's allocations (the upkeep line below is a "
+        "re-rank untraced); its memory: tracemalloc's peak of Python allocations, and the "
+        "process's resident size (RSS: the engine's indexes and the benchmark's own). "
+        "Start-up = opening "
         "the folder and a first search; erase = deleting one face, which rewrites the "
         "segment that held it (Edge; local mode deletes its SQLite row); "
         "restore = the embedded default's start (the score index rebuilt from the folder). "
@@ -256,7 +296,7 @@ def main() -> None:
         lines.append(
             f"| {r['engine']} | {r['faces']:,} | {r['search_ms']:.1f} ms | {recall} | "
             f"{r['score_ms']:.1f} ms | {r['store_ms']:.1f} ms | "
-            f"{(r['score_ms'] + r['store_ms']) / base[r['engine']]:.2f} | {build} | "
+            f"{r['ratio']:.2f} | {build} | "
             f"{r['rerank_s']:.1f} s ({r['rerank_index_s']:.1f} s) | {r['peak_mb']:.0f} MB | "
             f"{r['rss_mb']:.0f} MB | "
             f"{r['open_s']:.2f} s | {r['restore_s']:.1f} s | {r['erase_s']:.2f} s | "

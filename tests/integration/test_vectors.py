@@ -329,3 +329,42 @@ def test_an_erased_face_leaves_the_disk(settings, tmp_path):
         assert store.count() == 1400 and _on_disk(tmp_path, needles) == []
     finally:
         store.close()
+
+
+def test_an_edge_folder_from_before_the_int8_copies_gets_them_at_its_next_optimize(
+    settings, tmp_path
+):
+    """A shard made without quantization (the release before) opens, answers, and is
+    rebuilt with the int8 copies by the next optimize (the re-rank's), losing nothing."""
+    import qdrant_edge as edge
+
+    shard = tmp_path / "edge" / COLLECTION
+    shard.mkdir(parents=True)
+    old = edge.EdgeShard.create(
+        str(shard),
+        edge.EdgeConfig(
+            vectors=edge.EdgeVectorParams(size=128, distance=edge.Distance.Euclid),
+            hnsw_config=edge.HnswIndexConfig(m=32, ef_construct=100, full_scan_threshold=10),
+            optimizers=edge.EdgeOptimizersConfig(indexing_threshold=64),
+            wal_enabled=False,
+        ),
+    )
+    old.update(edge.UpdateOperation.create_field_index("user_id", edge.PayloadSchemaType.Keyword))
+    points = _population(600, seed=41)
+    old.update(
+        edge.UpdateOperation.upsert_points([edge.Point(i, v.tolist(), p) for i, v, p in points])
+    )
+    old.flush()
+    old.optimize()
+    old.close()
+    assert not list(shard.rglob("quantized.data"))
+    store = _store(settings, tmp_path, "edge", qdrant_indexing_threshold_kb=64)
+    try:
+        probe = points[7][1]
+        assert store.nearest_others(probe, "someone", 1)[0][0] == points[7][0]
+        assert store.optimize() is True
+        assert list(shard.rglob("quantized.data"))
+        assert store.count() == 600 and store.status()["indexed"] == 600
+        assert store.nearest_others(probe, "someone", 1)[0][0] == points[7][0]
+    finally:
+        store.close()
