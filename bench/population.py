@@ -134,6 +134,7 @@ def main() -> None:
 
     from aurum_ml.embedded import restore
     from aurum_ml.imaging import decode_image
+    from aurum_ml.index import ScoreIndex
     from aurum_ml.rerank import rerank
     from aurum_ml.runtime import get_runtime
     from aurum_ml.schemas import Job
@@ -239,8 +240,6 @@ def main() -> None:
         paired.index.clear()
 
     upkeep = None
-    from aurum_ml.index import ScoreIndex
-
     try:
         edge = base_runtime.vectors
         measure("edge", edge, edge_sizes, base_runtime)
