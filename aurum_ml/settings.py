@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     # HOG coarse to fine: first search without the pyramid's N finest levels (the smallest
     # faces); the full search runs only when that finds no face, or one near its floor.
     # 0: always the full search (aurum_ml.backends.local.LocalFaceModel.detect_image)
-    detect_coarse_levels: int = Field(2, ge=0, le=6, validation_alias="DETECT_COARSE_LEVELS")
+    detect_coarse_levels: int = Field(3, ge=0, le=6, validation_alias="DETECT_COARSE_LEVELS")
     min_face_px: int = Field(48, ge=1, validation_alias="MIN_FACE_PX")
     allow_multiple_faces: bool = Field(False, validation_alias="ALLOW_MULTIPLE_FACES")
     # A worker consuming detect, embed and score with in-process models runs a job's three
