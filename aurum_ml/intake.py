@@ -17,9 +17,37 @@ from aurum_ml.errors import InvalidRequest
 from aurum_ml.schemas import ScoreRequest
 from aurum_ml.settings import Settings
 
-__all__ = ["PARAMETERS", "check_score_request", "max_base64_chars"]
+__all__ = [
+    "IMAGE_REF",
+    "PARAMETERS",
+    "check_score_request",
+    "max_base64_chars",
+    "requested_image",
+    "staged_sha256",
+]
 
 PARAMETERS = ("image_b64", "user_id", "allow_multiple_faces")
+
+# ``image_b64`` as ``score_face.apply_async`` sends it: the caller stored the image in Redis
+# under its content hash (the key intake keeps it under, TTL IMAGE_TTL_S) and the message
+# names it, so no broker queue, unacked copy or ledger entry holds the image itself, or
+# keeps it past its TTL. Not base64 (":"), so it cannot be mistaken for an image.
+IMAGE_REF = "aurum-image:sha256:"
+_HEX = frozenset("0123456789abcdef")
+
+
+def staged_sha256(image: Any) -> str | None:
+    """The content hash an image reference names; None for an image sent in the message."""
+    if not isinstance(image, str) or not image.startswith(IMAGE_REF):
+        return None
+    sha256 = image[len(IMAGE_REF) :]
+    return sha256 if len(sha256) == 64 and set(sha256) <= _HEX else None
+
+
+def requested_image(request: dict[str, Any]) -> Any:
+    """The ``image_b64`` of a call recorded as ``{"args": [...], "kwargs": {...}}``."""
+    args = request.get("args") or ()
+    return args[0] if args else (request.get("kwargs") or {}).get("image_b64")
 
 
 def max_base64_chars(settings: Settings) -> int:

@@ -84,18 +84,20 @@ def redrive_stalled(
             fail(job_id, None, ImageExpired("the job stalled and expired before it ran"))
             out.failed.append(job_id)
         elif runtime.users.erased_after(entry.user_id, entry.epoch):
-            if entry.job is not None:
-                runtime.state.release(entry.job.image_sha256, job_id)
+            if entry.image_sha256 is not None:
+                runtime.state.release(entry.image_sha256, job_id)
             ledger.done(job_id)
             out.erased.append(job_id)
         elif waiting_behind:
             out.waiting.append(job_id)
-        elif entry.job is not None and not runtime.state.has_image(entry.job.image_sha256):
+        elif entry.image_sha256 is not None and not runtime.state.has_image(entry.image_sha256):
             fail(job_id, entry.job, ImageExpired("the job stalled and its image expired"))
             out.failed.append(job_id)
         elif entry.redrives >= settings.redrive_max:
             message = f"the job stalled {entry.redrives + 1} times; it was not scored"
             fail(job_id, entry.job, JobLost(message))
+            if entry.job is None and entry.image_sha256 is not None:  # the caller's copy
+                runtime.state.release(entry.image_sha256, job_id)
             out.failed.append(job_id)
         else:
             ledger.redriven(job_id)

@@ -27,6 +27,7 @@ import redis
 from kombu.utils.json import dumps, loads
 
 from aurum_ml.errors import ImageExpired, StateUnavailable
+from aurum_ml.intake import requested_image, staged_sha256
 from aurum_ml.schemas import Job
 from aurum_ml.settings import Settings
 
@@ -131,6 +132,16 @@ class PipelineState:
             return None
         return np.frombuffer(data, dtype=np.float32).copy()
 
+    def staged_image(self, sha256: str, job_id: str) -> bytes | None:
+        """The image a caller stored for ``job_id`` ahead of its message; None if it is gone
+        or was stored for other jobs only (a reference names an image only for the job it
+        was stored for)."""
+        with redis_errors(), self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(self._image_key(sha256))
+            pipe.sismember(self._refs_key(sha256), job_id)
+            data, ours = pipe.execute()
+        return bytes(data) if data is not None and ours else None
+
     def has_image(self, sha256: str) -> bool:
         with redis_errors():
             return bool(self.redis.exists(self._image_key(sha256)))
@@ -229,7 +240,8 @@ class DegradedJobs:
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """A job in the in-flight ledger: its request as the caller sent it (image included)
+    """A job in the in-flight ledger: its request as the caller sent it (naming the image
+    the caller stored, or with the image inline if Redis refused to store it)
     until intake starts on it, then the job as intake admitted it (no image)."""
 
     user_id: str
@@ -237,6 +249,14 @@ class LedgerEntry:
     redrives: int
     request: dict[str, Any] | None = None  # {"args": [...], "kwargs": {...}}
     job: Job | None = None
+
+    @property
+    def image_sha256(self) -> str | None:
+        """The content hash of the job's stored image: the admitted job's, or the one its
+        caller stored and the request names (None: the image travels in the request)."""
+        if self.job is not None:
+            return self.job.image_sha256
+        return staged_sha256(requested_image(self.request)) if self.request else None
 
 
 class InFlight:
@@ -248,7 +268,8 @@ class InFlight:
     ``aurum:inflight`` is a sorted set of job ids scored by the time the job was sent or a
     stage last ran on it; ``aurum:inflight:job:{id}`` a hash: the user id, the erasure
     epoch, how often the job was sent again, and either the request as the caller sent it
-    (the image included: kept at most the image TTL, and dropped as soon as intake starts)
+    (with the image only if the caller could not store it ahead: kept at most the image
+    TTL, and dropped as soon as intake starts)
     or the job as intake admitted it (ids, hashes and flags: no image, no vector). A job's
     end (its result stored, or a failure) removes both."""
 
@@ -275,7 +296,7 @@ class InFlight:
             pipe.execute()
 
     def enter(self, job: Job) -> None:
-        """Intake admitted the job: the request (and its image) leaves the ledger."""
+        """Intake admitted the job: the request leaves the ledger."""
         key = self._key(job.job_id)
         fields = {"job": job.model_dump_json(), "user_id": job.user_id, "epoch": job.epoch}
         with redis_errors(), self.redis.pipeline(transaction=True) as pipe:

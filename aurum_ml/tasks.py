@@ -1,7 +1,9 @@
 """Thin Celery tasks: deserialise, call the stage, return JSON. Logic lives in ``stages``.
 
-``score_face.delay(image_b64, user_id="u1")`` validates the input, stores the image in
-Redis under its content hash and replaces itself with the flat chain
+``score_face.delay(image_b64, user_id="u1")`` validates the input and stores the image in
+Redis under its content hash, in the caller's process, so the message names the image
+instead of carrying it (``aurum_ml.intake.IMAGE_REF``); intake admits the job and replaces
+itself with the flat chain
 ``detect → embed → score → store``; the caller's AsyncResult resolves to the store stage's
 result (a :class:`~aurum_ml.schemas.Result` as a dict). Bad input is a ``rejected`` result;
 infrastructure failures are retried with backoff, then re-raised by ``.get()`` as an
@@ -29,6 +31,7 @@ from aurum_ml.backends import FaceBackend
 from aurum_ml.celery_app import app, config
 from aurum_ml.errors import (
     BadInput,
+    ImageExpired,
     InvalidRequest,
     PermanentError,
     RetryableError,
@@ -39,7 +42,7 @@ from aurum_ml.forget import SWEEP_AFTER_S, sweep
 from aurum_ml.forget import forget_user as forget_user_everywhere
 from aurum_ml.health import fallback_state, probe
 from aurum_ml.imaging import decode_base64, inspect_image
-from aurum_ml.intake import PARAMETERS, check_score_request
+from aurum_ml.intake import IMAGE_REF, PARAMETERS, check_score_request, staged_sha256
 from aurum_ml.metrics import record_stage, rerank_done
 from aurum_ml.persistence import compact
 from aurum_ml.recovery import rescore_degraded as rescore_degraded_jobs
@@ -152,8 +155,10 @@ class PipelineTask(Task):
 
 
 class IntakeTask(PipelineTask):
-    """Checks the arguments in the caller's process (InvalidRequest, nothing published) and
-    keeps the image and the user id out of logs, events and Flower."""
+    """Checks the arguments in the caller's process (InvalidRequest, nothing published),
+    stores the image in Redis there so the message only names it (``IMAGE_REF``: the image
+    is in no queue, unacked copy or ledger entry), and keeps the image and the user id out
+    of logs, events and Flower."""
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         request = check_score_request(args, kwargs, get_settings())
@@ -166,13 +171,22 @@ class IntakeTask(PipelineTask):
         if not options.pop("ledger", True):  # sent again by the sweep: already entered
             return super().apply_async(args, kwargs, **options)
         job_id = options.setdefault("task_id", uuid())
-        entered = enter_submitted(job_id, request.user_id, args, kwargs)
+        image = _image_to_stage(request.image_base64)
+        sent = (args, kwargs) if image is None else _with_image(args, kwargs, IMAGE_REF + image[0])
+        entered = enter_submitted(job_id, request.user_id, *sent)
+        staged = image is not None and _stage_image(job_id, request.user_id, *image)
+        if not staged:  # not base64 (intake answers that), or Redis refused it: inline
+            if image is not None and entered:  # the ledger's copy must hold it too
+                entered = enter_submitted(job_id, request.user_id, args, kwargs)
+            sent = (args, kwargs)
         try:
-            return super().apply_async(args, kwargs, **options)
+            return super().apply_async(*sent, **options)
         except BaseException:
-            if entered:  # never published: nothing to find later
-                with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):  # never published: nothing to find later
+                if entered:
                     get_runtime().inflight.done(job_id)
+                if staged and image is not None:
+                    get_runtime().state.release(image[0], job_id)
             raise
 
     def on_failure(
@@ -185,14 +199,56 @@ class IntakeTask(PipelineTask):
         if not isinstance(image, str | bytes) or not isinstance(user_id, str):
             return
         with contextlib.suppress(Exception):
-            data = decode_base64(image, get_settings())
-            sha256 = hashlib.sha256(data).hexdigest()
+            sha256 = staged_sha256(image)
+            if sha256 is None:
+                sha256 = hashlib.sha256(decode_base64(image, get_settings())).hexdigest()
             rt = get_runtime()
             rt.users.rejected(user_id, sha256, task_id)
             rt.state.release(sha256, task_id)
 
 
 _REDACTED = {"image_b64": "<image>", "user_id": "<user>"}
+
+
+def _image_to_stage(image: Any) -> tuple[str, bytes] | None:
+    """(content hash, bytes) of an image the caller can store ahead; None when it is not
+    base64 (it goes in the message, and the worker answers with the reason)."""
+    try:
+        data = decode_base64(image, get_settings())
+    except BadInput:
+        return None
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def _with_image(args: tuple[Any, ...], kwargs: dict[str, Any], image: str) -> tuple[Any, Any]:
+    if args:
+        return (image, *args[1:]), kwargs
+    return args, {**kwargs, "image_b64": image}
+
+
+def _stage_image(job_id: str, user_id: str, sha256: str, data: bytes) -> bool:
+    """In the caller's process: the image into Redis for ``job_id``, noted under the user
+    (an erasure deletes it, whenever it comes). False if Redis refused it."""
+    try:
+        rt = get_runtime()
+        rt.users.note_image(user_id, sha256)
+        rt.state.put_image(sha256, data, job_id)
+    except Exception as exc:  # noqa: BLE001 - the image then travels in the message
+        log.warning("job %s: image not stored ahead (%s): sent inline", job_id, type(exc).__name__)
+        return False
+    return True
+
+
+def _past_intake(rt: Runtime, job_id: str) -> bool:
+    """Has the job gone past intake already, so that this is its intake message delivered
+    again (a worker died before acking it)? Its result is stored, or the in-flight ledger
+    holds it as admitted."""
+    if app.AsyncResult(job_id).state in states.READY_STATES:
+        return True
+    entry = rt.inflight.load(job_id)
+    return entry is not None and entry.job is not None
+
+
 _STAGE_OF = {
     "aurum_ml.score_face": "intake",
     "aurum_ml.detect": "detect",
@@ -324,26 +380,45 @@ def score_face(
         request = check_score_request((), given, runtime.settings)
     except InvalidRequest as exc:
         return _rejection(job_id, user_id if _valid_user_id(user_id) else "", exc)
+    staged = staged_sha256(request.image_base64)  # the caller stored the image
+
+    def let_go(answer: Any) -> Any:  # an answer without the chain: the image is not needed
+        if staged is not None:
+            runtime.state.release(staged, job_id)
+        return answer
+
     epoch, erased = runtime.users.job_epoch(user_id, job_id)
-    if erased:  # a redelivered intake of a job admitted before the user's erasure
+    if erased:  # admitted before the user's erasure (or its intake delivered again)
+        let_go(None)
         raise UserErased(ERASED)
     runtime.users.note_job(user_id, job_id)
     try:
-        data = decode_base64(request.image_base64, runtime.settings)
-        inspect_image(data, runtime.settings)
+        data: bytes | None
+        if staged is None:
+            data = decode_base64(request.image_base64, runtime.settings)
+            sha256 = hashlib.sha256(data).hexdigest()
+        else:
+            data, sha256 = runtime.state.staged_image(staged, job_id), staged
+        if data is not None:
+            inspect_image(data, runtime.settings)
     except BadInput as exc:
-        return _rejection(job_id, user_id, exc)
-    sha256 = hashlib.sha256(data).hexdigest()
+        return let_go(_rejection(job_id, user_id, exc))
+    if data is None:  # the stored image is gone: its TTL passed, or the job has ended
+        if _past_intake(runtime, job_id):
+            raise Ignore()  # its chain answers (or answered); the sweep watches it
+        raise ImageExpired("the image is no longer stored (its TTL passed); submit it again")
     admission = runtime.users.admit(user_id, sha256, job_id)
     if admission.verdict == "stored":  # the same photo again: its stored result
-        return admission.result
+        return let_go(admission.result)
     if admission.verdict == "cooldown":
         days = runtime.settings.cooldown_days
         message = (
             f"one new photo per {days:g} days; the next can be scored from {admission.until_iso}"
         )
-        return _rejection(
-            job_id, user_id, BadInput(message, "cooldown"), next_allowed_at=admission.until_iso
+        return let_go(
+            _rejection(
+                job_id, user_id, BadInput(message, "cooldown"), next_allowed_at=admission.until_iso
+            )
         )
     if admission.verdict == "in_progress":
         message = (
@@ -351,10 +426,13 @@ def score_face(
             "if it is rejected or fails this one may be sent again, if it is scored the "
             f"cooldown of {runtime.settings.cooldown_days:g} days starts"
         )
-        return _rejection(
-            job_id, user_id, BadInput(message, "in_progress"), pending_job_id=admission.job_id
+        return let_go(
+            _rejection(
+                job_id, user_id, BadInput(message, "in_progress"), pending_job_id=admission.job_id
+            )
         )
-    runtime.state.put_image(sha256, data, job_id)
+    if staged is None:
+        runtime.state.put_image(sha256, data, job_id)
     job = Job(
         job_id=job_id,
         status="pending",

@@ -129,12 +129,16 @@ class UserRecords:
             admission = self._reserve(user_id, sha256, job_id)
             if admission.verdict != "score":
                 return admission
+        self.note_image(user_id, sha256)
+        return Admission("score")
+
+    def note_image(self, user_id: str, sha256: str) -> None:
+        """An image is stored for one of the user's jobs: ``forget`` deletes it."""
         key = self._key(user_id, "images")
         with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
             pipe.sadd(key, sha256)
             pipe.expire(key, self.pending_ttl_s)
             pipe.execute()
-        return Admission("score")
 
     def _reserve(self, user_id: str, sha256: str, job_id: str) -> Admission:
         key = self._key(user_id, "cooldown")

@@ -192,12 +192,15 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
         redis.Redis.from_url(broker).flushdb()
 
+    from aurum_ml.settings import Settings
+
     lines = [
         f"Photos: {', '.join(PHOTOS)} in turn, at their real sizes and resized to 640 px. Both "
         f"ways on {PROCESSES} processes on the same {os.cpu_count()} cores, in one run. Raw loop: "
         "decode once, HOG over its whole pyramid on a ≤ 1280 px copy, 5 landmarks, descriptor "
         f"(a multiprocessing pool of {PROCESSES}). Chain (detection coarse to fine, "
-        "DETECT_COARSE_LEVELS=2): `score_face` through real Redis, detect/embed/score on a "
+        f"DETECT_COARSE_LEVELS={Settings().detect_coarse_levels}): `score_face` through real "
+        "Redis (the image stored by the caller, the message naming it), detect/embed/score on a "
         f"prefork pool of {PROCESSES}, store on one thread (local Qdrant folder); detect, embed "
         "and score in intake's task (the default when one worker runs them in-process) or a "
         "message per stage (INLINE_LOCAL_STAGES=false); saturated = "

@@ -3,6 +3,7 @@ no Redis and no Qdrant server configured; the population persists in AURUM_DATA_
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -187,8 +188,9 @@ def test_no_worker_is_said_and_the_wait_ends_cleanly(photos, data_dir, redis_cli
     try:
         out = _run(["score", "--timeout", "8", str(photos / "obama.jpg")], data_dir,
                    AURUM_BROKER_URL=broker)  # fmt: skip
-    finally:
-        redis_client.delete("detect")
+    finally:  # the job waits for a worker: its message, and its image (until its TTL)
+        sha = hashlib.sha256((photos / "obama.jpg").read_bytes()).hexdigest()
+        redis_client.delete("detect", f"aurum:img:{sha}", f"aurum:imgref:{sha}")
     assert out.returncode == 1
     assert "no job has started after 5 s" in out.stderr and "'detect' queue" in out.stderr
     assert "TimeoutError: no result within 8 s" in out.stdout

@@ -35,6 +35,7 @@ def _admitted_and_lost(runtime, photos, name: str = "obama.jpg", image: bool = T
     epoch, _ = runtime.users.job_epoch(user, job_id)
     runtime.users.note_job(user, job_id)
     if image:
+        runtime.users.note_image(user, sha)  # as admission notes it: an erasure finds it
         runtime.state.put_image(sha, data, job_id)
     job = Job(job_id=job_id, status="pending", user_id=user, image_sha256=sha,
               submitted_at=time.time(), epoch=epoch)  # fmt: skip

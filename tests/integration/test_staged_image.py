@@ -1,0 +1,187 @@
+"""The caller stores the image in Redis (content hash, TTL IMAGE_TTL) and the message
+carries a reference: no image on the broker, in its unacked copies, or in the in-flight
+ledger. What that must not break: a staged image gone before intake is a typed expiry, an
+erasure before intake takes the staged image with it, and an intake message delivered again
+after its job ended leaves the job's result alone. Real worker thread, real models."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import uuid
+
+import pytest
+from celery import states
+from celery.result import AsyncResult
+from celery.signals import before_task_publish, task_postrun
+
+from aurum_ml import tasks
+from aurum_ml.celery_app import app
+from aurum_ml.errors import ImageExpired, UserErased
+from aurum_ml.forget import forget_user
+from aurum_ml.tasks import IMAGE_REF, score_face
+
+from samples import b64
+
+TIMEOUT = 90
+
+
+@pytest.fixture()
+def on_intake_publish():
+    """Runs the given function in the caller's process just before a score_face message is
+    published (after the image was stored); collects the bodies of every message."""
+    bodies: list[tuple[str, str]] = []
+    actions = []
+
+    def record(body=None, headers=None, **_):
+        name = (headers or {}).get("task", "?")
+        bodies.append((name, json.dumps(body, default=str)))
+        if name == "aurum_ml.score_face":
+            for action in actions:
+                action((headers or {}).get("id"))
+
+    before_task_publish.connect(record, weak=False)
+    yield bodies, actions
+    before_task_publish.disconnect(record)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_no_message_and_no_ledger_entry_carries_the_image(
+    pipeline_worker, photos, runtime, on_intake_publish
+):
+    bodies, actions = on_intake_publish
+    data = (photos / "obama2.jpg").read_bytes()
+    image = b64(data)
+    ledger = []
+    actions.append(lambda job_id: ledger.append(runtime.inflight.load(job_id)))
+
+    out = score_face.delay(image, user_id="u-staged").get(timeout=TIMEOUT)
+
+    assert out["status"] == "scored"
+    intake = [body for name, body in bodies if name == "aurum_ml.score_face"]
+    assert len(intake) == 1 and IMAGE_REF + _sha(data) in intake[0]
+    assert not [name for name, body in bodies if image[:4096] in body]  # no message at all
+    assert image[:4096] not in json.dumps(ledger[0].request)  # the ledger's copy: the ref
+    assert runtime.state.staged_image(_sha(data), out["job_id"]) is None  # the store let go
+
+
+def test_a_staged_image_gone_before_intake_is_a_typed_expiry(
+    pipeline_worker, photos, runtime, on_intake_publish
+):
+    _, actions = on_intake_publish
+    data = (photos / "obama3.jpg").read_bytes()
+    actions.append(lambda _: runtime.state.redis.delete(f"aurum:img:{_sha(data)}"))  # TTL
+
+    job = score_face.delay(b64(data), user_id="u-staged-expired")
+
+    with pytest.raises(ImageExpired):
+        job.get(timeout=TIMEOUT)
+    assert runtime.vectors.user_points("u-staged-expired") == []
+    assert runtime.inflight.load(job.id) is None  # ended, not left to the sweep
+
+
+def test_an_erasure_before_intake_takes_the_staged_image(
+    pipeline_worker, photos, runtime, on_intake_publish
+):
+    _, actions = on_intake_publish
+    data = (photos / "biden.jpg").read_bytes()
+    seen = []
+
+    def erase(_job_id: str) -> None:
+        forget_user(runtime, "u-staged-erased")
+        seen.append(runtime.state.has_image(_sha(data)))
+
+    actions.append(erase)
+    job = score_face.delay(b64(data), user_id="u-staged-erased")
+
+    with pytest.raises(UserErased):
+        job.get(timeout=TIMEOUT)
+    assert seen == [False]  # gone with the erasure, before any worker saw the job
+    assert not runtime.state.has_image(_sha(data))
+    assert runtime.vectors.user_points("u-staged-erased") == []
+
+
+def test_an_intake_delivered_again_after_its_job_ended_leaves_the_result(
+    pipeline_worker, photos, runtime
+):
+    data = (photos / "obama.jpg").read_bytes()
+    first = score_face.delay(b64(data), user_id="u-staged-again")
+    assert first.get(timeout=TIMEOUT)["status"] == "scored"
+    assert runtime.state.staged_image(_sha(data), first.id) is None  # the store let go
+
+    ran, ended_as = threading.Event(), []
+
+    def done(sender=None, task_id=None, state=None, **_):
+        if task_id == first.id and sender.name == "aurum_ml.score_face":
+            ended_as.append(state)
+            ran.set()
+
+    task_postrun.connect(done, weak=False)
+    try:  # the same message again (a worker died before acking it): the image is gone now
+        app.send_task(
+            "aurum_ml.score_face",
+            args=(IMAGE_REF + _sha(data),),
+            kwargs={"user_id": "u-staged-again"},
+            task_id=first.id,
+        )
+        assert ran.wait(TIMEOUT)
+    finally:
+        task_postrun.disconnect(done)
+
+    meta = app.backend.get_task_meta(first.id, cache=False)
+    assert ended_as == [states.IGNORED]  # not a failure: no webhook, no release run twice
+    assert meta["status"] == states.SUCCESS and meta["result"]["status"] == "scored"
+
+
+# --- the in-flight ledger's sweep (aurum_ml.redrive) on a request that names its image ------
+
+
+def _staged_and_lost(runtime, user: str, data: bytes) -> str:
+    """What the caller leaves behind for a job whose intake message was then lost: the image
+    stored, the ledger entry naming it (what score_face.apply_async does), no message."""
+    job_id = str(uuid.uuid4())
+    assert tasks.enter_submitted(job_id, user, (IMAGE_REF + _sha(data),), {"user_id": user})
+    assert tasks._stage_image(job_id, user, _sha(data), data)
+    stalled = time.time() - runtime.settings.stalled_after_s - 1
+    runtime.state.redis.zadd("aurum:inflight", {job_id: stalled})
+    return job_id
+
+
+def _sweep() -> dict[str, list[str]]:
+    return tasks.redrive_stalled.delay().get(timeout=TIMEOUT)
+
+
+def test_a_lost_intake_is_sent_again_and_reads_the_stored_image(pipeline_worker, runtime, photos):
+    data = (photos / "obama2.jpg").read_bytes()
+    job_id = _staged_and_lost(runtime, "u-staged-lost", data)
+    assert job_id in _sweep()["redriven"]
+    assert AsyncResult(job_id).get(timeout=TIMEOUT)["status"] == "scored"
+    assert runtime.state.staged_image(_sha(data), job_id) is None
+
+
+def test_a_lost_intake_whose_stored_image_expired_fails_typed_unsent(
+    pipeline_worker, runtime, photos
+):
+    data = (photos / "obama3.jpg").read_bytes()
+    job_id = _staged_and_lost(runtime, "u-staged-lost-expired", data)
+    runtime.state.redis.delete(f"aurum:img:{_sha(data)}")  # its TTL passed
+    swept = _sweep()
+    assert job_id in swept["failed"] and job_id not in swept["redriven"]
+    with pytest.raises(ImageExpired):
+        AsyncResult(job_id).get(timeout=TIMEOUT)
+
+
+def test_a_lost_intake_of_a_user_erased_meanwhile_lets_its_image_go(
+    pipeline_worker, runtime, photos
+):
+    data = (photos / "biden.jpg").read_bytes()
+    job_id = _staged_and_lost(runtime, "u-staged-lost-erased", data)
+    runtime.users.mark_erased("u-staged-lost-erased")  # erased by another path
+    swept = _sweep()
+    assert job_id in swept["erased"] and job_id not in swept["redriven"]
+    assert runtime.state.staged_image(_sha(data), job_id) is None
