@@ -46,7 +46,7 @@ __all__ = [
 # Pillow's names for the formats we accept; MPO is what phones' multi-picture JPEGs open as.
 _FORMATS = {"JPEG": "jpeg", "MPO": "jpeg", "PNG": "png", "WEBP": "webp", "BMP": "bmp"}
 _DATA_URL = re.compile(rb"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
-_WHITESPACE = re.compile(rb"\s+")
+_WHITESPACE = b" \t\n\r\x0b\x0c"  # what base64 text may be wrapped with (re's \s for bytes)
 
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
@@ -83,7 +83,8 @@ def decode_base64(text: str | bytes, settings: Settings) -> bytes:
     if not isinstance(text, str | bytes):
         raise BadInput(f"image must be a base64 string, not {type(text).__name__}")
     raw = text.encode("ascii", "replace") if isinstance(text, str) else text
-    raw = _WHITESPACE.sub(b"", _DATA_URL.sub(b"", raw.strip(), count=1))
+    # bytes.translate deletes in one C pass: a regex sub took 13 ms on an 800 KB image
+    raw = _DATA_URL.sub(b"", raw.strip(), count=1).translate(None, _WHITESPACE)
     if not raw:
         raise BadInput("image is empty")
     if len(raw) // 4 * 3 > settings.image_max_bytes + 2:
