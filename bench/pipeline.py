@@ -9,9 +9,9 @@ number of processes, in one run.
 - chain: ``score_face`` through real Redis and real worker processes (detect/embed/score on a
   prefork pool of 2, store on its own single-thread worker, as with a local Qdrant folder),
   with detect/embed/score in intake's task (the default for stages sharing a worker) and
-  with a message per stage (``INLINE_LOCAL_STAGES=false``): saturated (every job submitted
-  at once: faces/s) and at low load (one job at a time: p50 end to end), and the median /
-  p95 of each stage.
+  with a message per stage (``INLINE_LOCAL_STAGES=false``): saturated (jobs submitted at
+  once, in blocks alternating with the raw loop's: faces/s) and at low load (one job at a
+  time: p50 end to end), and the median / p95 of each stage.
 
 Both on the test photos at their real sizes (0.9–3.3 MP) and resized to 640 px. Not a test:
 reports medians and ratios measured in one run. Uses a Redis
@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 PHOTOS = ("obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg")
 PROCESSES = 2
+BLOCKS = 3  # saturated blocks of each way, alternating
 
 
 def _p95(values: list[float]) -> float:
@@ -66,15 +67,6 @@ def _raw_one(blob: bytes) -> float:
     face = _model.detect_image(image)[0]
     _model.embed_image(image, face)
     return time.perf_counter() - started
-
-
-def _raw(blobs: list[bytes], rounds: int) -> tuple[float, float]:
-    """(faces/s on PROCESSES processes, median seconds per photo)."""
-    with multiprocessing.get_context("fork").Pool(PROCESSES) as pool:
-        pool.map(_raw_one, blobs * PROCESSES)  # warm: models loaded in both
-        started = time.perf_counter()
-        times = pool.map(_raw_one, [blobs[i % len(blobs)] for i in range(rounds)], chunksize=1)
-        return rounds / (time.perf_counter() - started), statistics.median(times)
 
 
 def _resized(photos: Path, side: int) -> list[bytes]:
@@ -122,25 +114,47 @@ def workers(env: dict[str, str], store_queues: str = "store,maintenance") -> lis
     ]
 
 
-def _chain(blobs: list[bytes], jobs: int, low_load: int, tag: str) -> dict:
+def _both(pool, blobs: list[bytes], jobs: int, rounds: int, low_load: int, tag: str) -> dict:
+    """The raw loop and the chain on the same photos, saturated, in alternating blocks
+    (BLOCKS of each): the machine's speed drifts over the minutes of a run (±25 % seen
+    here), and alternating puts that drift on both alike. Then the chain one job at a
+    time."""
     from aurum_ml.tasks import score_face
 
     images = [base64.b64encode(b).decode() for b in blobs]
+    pool.map(_raw_one, blobs * PROCESSES)  # warm: models loaded in both
     warm = [score_face.delay(images[i % 4], user_id=f"warm-{tag}-{i}") for i in range(4)]
     for job in warm:  # loads the models in every worker process
         job.get(timeout=120)
+    raw_s = chain_s = 0.0
+    raw_times: list[float] = []
+    results: list[dict] = []
+    for block in range(BLOCKS):
+        started = time.perf_counter()
+        photos = [blobs[i % len(blobs)] for i in range(rounds // BLOCKS)]
+        raw_times += pool.map(_raw_one, photos, chunksize=1)
+        raw_s += time.perf_counter() - started
+        started = time.perf_counter()
+        sent = [
+            score_face.delay(images[i % 4], user_id=f"sat-{tag}-{block}-{i}")
+            for i in range(jobs // BLOCKS)
+        ]
+        results += [job.get(timeout=600) for job in sent]
+        chain_s += time.perf_counter() - started
+    assert all(r["status"] == "scored" for r in results), "every bench job must score"
     one_by_one = []
     for i in range(low_load):
         started = time.perf_counter()
         out = score_face.delay(images[i % 4], user_id=f"low-{tag}-{i}").get(timeout=120)
         assert out["status"] == "scored", out
         one_by_one.append(time.perf_counter() - started)
-    started = time.perf_counter()
-    sent = [score_face.delay(images[i % 4], user_id=f"sat-{tag}-{i}") for i in range(jobs)]
-    results = [job.get(timeout=600) for job in sent]
-    wall = time.perf_counter() - started
-    assert all(r["status"] == "scored" for r in results), "every bench job must score"
-    return {"rate": jobs / wall, "low_p50": statistics.median(one_by_one), "results": results}
+    return {
+        "raw_rate": len(raw_times) / raw_s,
+        "raw_p50": statistics.median(raw_times),
+        "rate": len(results) / chain_s,
+        "low_p50": statistics.median(one_by_one),
+        "results": results,
+    }
 
 
 def main() -> None:
@@ -148,7 +162,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=60)
     parser.add_argument("--quick", action="store_true", help="fewer jobs (a smoke run)")
     args = parser.parse_args()
-    jobs, low, rounds = (16, 4, 16) if args.quick else (args.jobs, 12, 40)
+    jobs, low, rounds = (12, 4, 12) if args.quick else (args.jobs, 12, 42)
 
     from redisdb import CLAIM_KEY, claim_redis_db
 
@@ -162,8 +176,6 @@ def main() -> None:
         "real size (0.9–3.3 MP)": [(photos / n).read_bytes() for n in PHOTOS],
         "640 px": _resized(photos, 640),
     }
-    raw = {label: _raw(blobs, rounds) for label, blobs in sets.items()}
-
     folder = Path(tempfile.mkdtemp(prefix="aurum-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AURUM_", "QDRANT_"))}
     env.update(AURUM_BROKER_URL=broker, QDRANT_PATH=str(folder / "qdrant"), COOLDOWN_DAYS="0")
@@ -179,10 +191,11 @@ def main() -> None:
         for n, (layout, inline) in enumerate(layouts.items()):
             started = workers(env | {"INLINE_LOCAL_STAGES": inline})
             try:
-                chains[layout] = {
-                    label: _chain(blobs, jobs, low, f"{n}{i}")
-                    for i, (label, blobs) in enumerate(sets.items())
-                }
+                with multiprocessing.get_context("fork").Pool(PROCESSES) as pool:
+                    chains[layout] = {
+                        label: _both(pool, blobs, jobs, rounds, low, f"{n}{i}")
+                        for i, (label, blobs) in enumerate(sets.items())
+                    }
             finally:
                 for worker in started:
                     worker.terminate()
@@ -196,7 +209,9 @@ def main() -> None:
 
     lines = [
         f"Photos: {', '.join(PHOTOS)} in turn, at their real sizes and resized to 640 px. Both "
-        f"ways on {PROCESSES} processes on the same {os.cpu_count()} cores, in one run. Raw loop: "
+        f"ways on {PROCESSES} processes on the same {os.cpu_count()} cores, in one run, "
+        f"saturated in {BLOCKS} alternating blocks of each (the machine's speed drifts). "
+        "Raw loop: "
         "decode once, HOG over its whole pyramid on a ≤ 1280 px copy, 5 landmarks, descriptor "
         f"(a multiprocessing pool of {PROCESSES}). Chain (detection coarse to fine, "
         f"DETECT_COARSE_LEVELS={Settings().detect_coarse_levels}): `score_face` through real "
@@ -204,7 +219,8 @@ def main() -> None:
         f"prefork pool of {PROCESSES}, store on one thread (local Qdrant folder); detect, embed "
         "and score in intake's task (the default when one worker runs them in-process) or a "
         "message per stage (INLINE_LOCAL_STAGES=false); saturated = "
-        f"{jobs} jobs submitted at once, low load = one job at a time. Python "
+        f"{jobs // BLOCKS} jobs submitted at once per block ({jobs} in all), low load = one job "
+        "at a time. Python "
         f"{platform.python_version()}.",
         "",
         "| photos | stages | raw loop faces/s | chain faces/s | × raw | raw s/photo (p50) | "
@@ -212,9 +228,9 @@ def main() -> None:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for label in sets:
-        rate, per_photo = raw[label]
         for layout, chain in chains.items():
             c = chain[label]
+            rate, per_photo = c["raw_rate"], c["raw_p50"]
             lines.append(
                 f"| {label} | {layout} | {rate:.1f} | {c['rate']:.1f} | {c['rate'] / rate:.2f} | "
                 f"{per_photo * 1000:.0f} ms | {c['low_p50'] * 1000:.0f} ms | "
