@@ -104,21 +104,22 @@ def _recall(store, pairs: list[tuple[np.ndarray, str]]) -> float:
     return float(np.mean(found))
 
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
+    """A size from /proc/self/status: ``VmRSS`` (resident), ``RssAnon`` (its anonymous part:
+    heap and buffers, not the mapped files)."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return 0.0
+
+
+def _rss_mb() -> float:
+    return _status_mb("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _anon_mb() -> float:
-    """The process's anonymous resident memory (heap and buffers; not the mapped files)."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return _status_mb("RssAnon")
 
 
 @contextlib.contextmanager
@@ -198,16 +199,22 @@ def main() -> None:
     sample = CENTRE + np.random.default_rng(11).normal(scale=0.05, size=(5_000, 128))
     vibe_reference = reference_from(sample / np.linalg.norm(sample, axis=1, keepdims=True), True)
 
+    def new_store(engine: str, name: str) -> VectorStore:
+        """A vector store of ``engine`` ("edge" or "local mode") in its own folder."""
+        name = name.replace(" ", "-")
+        settings = base_runtime.settings.model_copy(update={"qdrant_path": folder / name})
+        kind = "edge" if engine == "edge" else "client"
+        return VectorStore(settings, base_runtime.local.model, base_runtime.local.dim, kind)
+
     def reference(engine: str, runtime):
         """A second population of 1 000 in a folder and score index of its own: each job on
         the measured population is paired with one on it, so the ratio compares the two
         in the same minute (the machine's speed drifts over a 20-minute run)."""
-        settings = runtime.settings.model_copy(update={"qdrant_path": folder / f"ref-{engine}"})
-        kind = "edge" if engine == "edge" else "client"
-        store = VectorStore(settings, runtime.local.model, runtime.local.dim, kind)
+        store = new_store(engine, f"ref-{engine}")
         _load(store, 0, 1_000)
         store.optimize()
-        index = ScoreIndex(runtime.index.redis, f"bench-reference-{kind}", runtime.local.dim)
+        name = f"bench-reference-{engine.replace(' ', '-')}"
+        index = ScoreIndex(runtime.index.redis, name, runtime.local.dim)
         index.clear()
         paired = dataclasses.replace(runtime, vectors=store, index=index)
         rerank(paired)
@@ -228,13 +235,9 @@ def main() -> None:
     def measure(engine: str, sizes) -> None:
         """Each size in a folder of its own, indexed at once as an import indexes it (a
         folder grown tenfold in one step searches worse: the module docstring)."""
-        kind = "edge" if engine == "edge" else "client"
         paired = reference(engine, base_runtime)
         for size in sizes:
-            settings = base_runtime.settings.model_copy(
-                update={"qdrant_path": folder / f"{kind}-{size}"}
-            )
-            store = VectorStore(settings, base_runtime.local.model, base_runtime.local.dim, kind)
+            store = new_store(engine, f"{engine}-{size}")
             runtime = dataclasses.replace(base_runtime, vectors=store)
             pairs = _plant_pairs(store)
             row: dict = {"engine": engine, "faces": size}
@@ -285,7 +288,7 @@ def main() -> None:
             row["restore_s"] = time.perf_counter() - started
             row["disk_mb"] = _disk_mb(Path(store.where))
             store.close()
-            shutil.rmtree(folder / f"{kind}-{size}", ignore_errors=True)
+            shutil.rmtree(store.settings.qdrant_path, ignore_errors=True)
             rows.append(row)
             print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()},
                   flush=True)  # fmt: skip

@@ -17,6 +17,7 @@ from celery.result import AsyncResult
 
 from aurum_ml import tasks
 from aurum_ml.errors import ImageExpired, JobLost, UserErased
+from aurum_ml.intake import IMAGE_REF
 from aurum_ml.redrive import redrive_stalled
 from aurum_ml.schemas import Job
 
@@ -97,12 +98,17 @@ def test_a_lost_job_is_sent_again_and_resolves_under_its_id(pipeline_worker, run
     tasks.forget_user.delay(job.user_id).get(timeout=TIMEOUT)
 
 
-def _sent_and_lost(runtime, user: str, data: bytes) -> str:
+def _sent_and_lost(runtime, user: str, data: bytes, stored: bool = False) -> str:
     """What the caller leaves behind for a job whose intake message was then lost: the
-    caller's own ledger entry (the same function score_face.apply_async runs), and no
-    message."""
+    caller's own ledger entry (the same functions score_face.apply_async runs), and no
+    message. ``stored``: the caller stored the image and the entry names it (as whenever
+    Redis takes it); else the image is in the entry."""
     job_id = str(uuid.uuid4())
-    assert tasks.enter_submitted(job_id, user, (b64(data),), {"user_id": user})
+    sha = hashlib.sha256(data).hexdigest()
+    image = IMAGE_REF + sha if stored else b64(data)
+    assert tasks.enter_submitted(job_id, user, (image,), {"user_id": user})
+    if stored:
+        assert tasks._stage_image(job_id, user, sha, data)
     runtime.state.redis.zadd(LEDGER, {job_id: time.time() - runtime.settings.stalled_after_s - 1})
     return job_id
 
@@ -207,3 +213,37 @@ def test_a_backlog_is_waited_out_and_a_stored_result_ends_the_entry(runtime, pho
     assert waiting.job_id in out.ended and waiting.job_id not in sent
     assert runtime.state.redis.zscore(LEDGER, waiting.job_id) is None
     runtime.state.release(waiting.image_sha256, waiting.job_id)
+
+
+# --- a request that names the image the caller stored ----------------------------------------
+
+
+def test_a_lost_intake_is_sent_again_and_reads_the_stored_image(pipeline_worker, runtime, photos):
+    data = (photos / "obama2.jpg").read_bytes()
+    job_id = _sent_and_lost(runtime, "u-staged-lost", data, stored=True)
+    assert job_id in _sweep()["redriven"]
+    assert AsyncResult(job_id).get(timeout=TIMEOUT)["status"] == "scored"
+    assert runtime.state.staged_image(hashlib.sha256(data).hexdigest(), job_id) is None
+
+
+def test_a_lost_intake_whose_stored_image_expired_fails_typed_unsent(
+    pipeline_worker, runtime, photos
+):
+    data = (photos / "obama3.jpg").read_bytes()
+    job_id = _sent_and_lost(runtime, "u-staged-lost-expired", data, stored=True)
+    runtime.state.redis.delete(f"aurum:img:{hashlib.sha256(data).hexdigest()}")  # TTL passed
+    swept = _sweep()
+    assert job_id in swept["failed"] and job_id not in swept["redriven"]
+    with pytest.raises(ImageExpired):
+        AsyncResult(job_id).get(timeout=TIMEOUT)
+
+
+def test_a_lost_intake_of_a_user_erased_meanwhile_lets_its_image_go(
+    pipeline_worker, runtime, photos
+):
+    data = (photos / "biden.jpg").read_bytes()
+    job_id = _sent_and_lost(runtime, "u-staged-lost-erased", data, stored=True)
+    runtime.users.mark_erased("u-staged-lost-erased")  # erased by another path
+    swept = _sweep()
+    assert job_id in swept["erased"] and job_id not in swept["redriven"]
+    assert runtime.state.staged_image(hashlib.sha256(data).hexdigest(), job_id) is None

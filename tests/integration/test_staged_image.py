@@ -9,15 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
-import uuid
 
 import pytest
 from celery import states
-from celery.result import AsyncResult
 from celery.signals import before_task_publish, task_postrun
 
-from aurum_ml import tasks
 from aurum_ml.celery_app import app
 from aurum_ml.errors import ImageExpired, UserErased
 from aurum_ml.forget import forget_user
@@ -136,52 +132,3 @@ def test_an_intake_delivered_again_after_its_job_ended_leaves_the_result(
     meta = app.backend.get_task_meta(first.id, cache=False)
     assert ended_as == [states.IGNORED]  # not a failure: no webhook, no release run twice
     assert meta["status"] == states.SUCCESS and meta["result"]["status"] == "scored"
-
-
-# --- the in-flight ledger's sweep (aurum_ml.redrive) on a request that names its image ------
-
-
-def _staged_and_lost(runtime, user: str, data: bytes) -> str:
-    """What the caller leaves behind for a job whose intake message was then lost: the image
-    stored, the ledger entry naming it (what score_face.apply_async does), no message."""
-    job_id = str(uuid.uuid4())
-    assert tasks.enter_submitted(job_id, user, (IMAGE_REF + _sha(data),), {"user_id": user})
-    assert tasks._stage_image(job_id, user, _sha(data), data)
-    stalled = time.time() - runtime.settings.stalled_after_s - 1
-    runtime.state.redis.zadd("aurum:inflight", {job_id: stalled})
-    return job_id
-
-
-def _sweep() -> dict[str, list[str]]:
-    return tasks.redrive_stalled.delay().get(timeout=TIMEOUT)
-
-
-def test_a_lost_intake_is_sent_again_and_reads_the_stored_image(pipeline_worker, runtime, photos):
-    data = (photos / "obama2.jpg").read_bytes()
-    job_id = _staged_and_lost(runtime, "u-staged-lost", data)
-    assert job_id in _sweep()["redriven"]
-    assert AsyncResult(job_id).get(timeout=TIMEOUT)["status"] == "scored"
-    assert runtime.state.staged_image(_sha(data), job_id) is None
-
-
-def test_a_lost_intake_whose_stored_image_expired_fails_typed_unsent(
-    pipeline_worker, runtime, photos
-):
-    data = (photos / "obama3.jpg").read_bytes()
-    job_id = _staged_and_lost(runtime, "u-staged-lost-expired", data)
-    runtime.state.redis.delete(f"aurum:img:{_sha(data)}")  # its TTL passed
-    swept = _sweep()
-    assert job_id in swept["failed"] and job_id not in swept["redriven"]
-    with pytest.raises(ImageExpired):
-        AsyncResult(job_id).get(timeout=TIMEOUT)
-
-
-def test_a_lost_intake_of_a_user_erased_meanwhile_lets_its_image_go(
-    pipeline_worker, runtime, photos
-):
-    data = (photos / "biden.jpg").read_bytes()
-    job_id = _staged_and_lost(runtime, "u-staged-lost-erased", data)
-    runtime.users.mark_erased("u-staged-lost-erased")  # erased by another path
-    swept = _sweep()
-    assert job_id in swept["erased"] and job_id not in swept["redriven"]
-    assert runtime.state.staged_image(_sha(data), job_id) is None
