@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup photos demo test lint alerts worker up down bench bench-detection bench-pipeline bench-services bench-api bench-population chaos clean
+.PHONY: setup photos demo test lint alerts worker up down bench bench-detection bench-embedding bench-pipeline bench-services bench-api bench-population chaos clean
 
 setup: $(VENV)/.installed  ## create .venv and install the project with its test extra
 
@@ -31,10 +31,13 @@ lint: setup
 alerts:  ## check deploy/prometheus and run the alerts' unit tests (needs promtool: apt-get install prometheus)
 	cd deploy/prometheus && promtool check config prometheus.yml && promtool test rules alerts.test.yml
 
-bench: bench-detection bench-pipeline bench-services bench-api bench-population  ## every benchmark into BENCHMARKS.md: ~16 min on 2 cores, most of it the 1M-face population (load, index build, one re-rank, restore) (QUICK=1: ~3 min)
+bench: bench-detection bench-embedding bench-pipeline bench-services bench-api bench-population  ## every benchmark into BENCHMARKS.md: ~16 min on 2 cores, most of it the 1M-face population (load, index build, one re-rank, restore) (QUICK=1: ~3 min)
 
 bench-detection: photos  ## detect before/after coarse to fine, per photo and size
 	$(BIN)/python bench/detection.py $(if $(QUICK),--quick)
+
+bench-embedding: photos  ## the descriptor on dlib vs ONNX Runtime, per chip, and how far apart the vectors are
+	$(BIN)/python bench/embedding.py $(if $(QUICK),--quick)
 
 bench-pipeline: photos  ## the whole chain on Redis and worker processes vs the raw model loop
 	$(BIN)/python bench/pipeline.py $(if $(QUICK),--quick)

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     detect_coarse_levels: int = Field(3, ge=0, le=6, validation_alias="DETECT_COARSE_LEVELS")
     min_face_px: int = Field(48, ge=1, validation_alias="MIN_FACE_PX")
     allow_multiple_faces: bool = Field(False, validation_alias="ALLOW_MULTIPLE_FACES")
+    # --- embedding ------------------------------------------------------------------------
+    # onnx: dlib's ResNet weights (from the same model file) on ONNX Runtime, ~20x faster
+    # than dlib-bin's own loops and the same vector to 1e-6; dlib: dlib's descriptor itself
+    embed_engine: Literal["onnx", "dlib"] = Field("onnx", validation_alias="EMBED_ENGINE")
+    embed_threads: int = Field(1, ge=1, le=64, validation_alias="EMBED_THREADS")
     # A worker consuming detect, embed and score with in-process models runs a job's three
     # stages in its intake task instead of sending them through the broker to itself.
     inline_local_stages: bool = Field(True, validation_alias="INLINE_LOCAL_STAGES")

@@ -4,8 +4,9 @@ number of processes, in one run.
     python bench/pipeline.py [--jobs 60] [--quick]
 
 - raw: the plain library loop a user would write, on 2 processes (a multiprocessing pool):
-  decode the file, HOG on a ≤ DETECT_MAX_SIDE copy, 5 landmarks, the ResNet descriptor on
-  the full image — one decode per photo;
+  decode the file, HOG on a ≤ DETECT_MAX_SIDE copy, 5 landmarks, dlib's ResNet descriptor
+  on the full image — one decode per photo; and the same loop with the descriptor on ONNX
+  Runtime (what the chain runs), to show what the chain itself costs or saves;
 - chain: ``score_face`` through real Redis and real worker processes (detect/embed/score on a
   prefork pool of 2, store on its own single-thread worker, as with a local Qdrant folder),
   with detect/embed/score in intake's task (the default for stages sharing a worker) and
@@ -49,24 +50,31 @@ def _p95(values: list[float]) -> float:
     return ordered[int(0.95 * (len(ordered) - 1))]
 
 
-_model = None
+_models: dict[str, object] = {}
 
 
-def _raw_one(blob: bytes) -> float:
-    """One photo the plain way: decode once, detect, landmarks, descriptor."""
-    global _model
+def _raw_one(blob: bytes, engine: str = "dlib") -> float:
+    """One photo the plain way: decode once, detect, landmarks, descriptor (``engine``:
+    dlib's own, or the chain's ONNX Runtime one)."""
     from aurum_ml.backends.local import LocalFaceModel
     from aurum_ml.imaging import decode_image
     from aurum_ml.settings import Settings
 
-    if _model is None:  # the plain library search: the whole HOG pyramid, no coarse pass
-        _model = LocalFaceModel(Settings(DETECT_COARSE_LEVELS=0))
-        _model.warm_up()
+    model = _models.get(engine)
+    if model is None:  # the plain library search: the whole HOG pyramid, no coarse pass
+        model = LocalFaceModel(Settings(DETECT_COARSE_LEVELS=0, EMBED_ENGINE=engine))
+        model.warm_up()
+        _models[engine] = model
+    assert isinstance(model, LocalFaceModel)
     started = time.perf_counter()
-    image = decode_image(blob, _model.settings)
-    face = _model.detect_image(image)[0]
-    _model.embed_image(image, face)
+    image = decode_image(blob, model.settings)
+    face = model.detect_image(image)[0]
+    model.embed_image(image, face)
     return time.perf_counter() - started
+
+
+def _raw_onnx(blob: bytes) -> float:
+    return _raw_one(blob, "onnx")
 
 
 def _resized(photos: Path, side: int) -> list[bytes]:
@@ -123,17 +131,22 @@ def _both(pool, blobs: list[bytes], jobs: int, rounds: int, low_load: int, tag: 
 
     images = [base64.b64encode(b).decode() for b in blobs]
     pool.map(_raw_one, blobs * PROCESSES)  # warm: models loaded in both
+    pool.map(_raw_onnx, blobs * PROCESSES)
     warm = [score_face.delay(images[i % 4], user_id=f"warm-{tag}-{i}") for i in range(4)]
     for job in warm:  # loads the models in every worker process
         job.get(timeout=120)
-    raw_s = chain_s = 0.0
+    raw_s = chain_s = onnx_s = 0.0
     raw_times: list[float] = []
+    onnx_times: list[float] = []
     results: list[dict] = []
     for block in range(BLOCKS):
-        started = time.perf_counter()
         photos = [blobs[i % len(blobs)] for i in range(rounds // BLOCKS)]
+        started = time.perf_counter()
         raw_times += pool.map(_raw_one, photos, chunksize=1)
         raw_s += time.perf_counter() - started
+        started = time.perf_counter()
+        onnx_times += pool.map(_raw_onnx, photos, chunksize=1)
+        onnx_s += time.perf_counter() - started
         started = time.perf_counter()
         sent = [
             score_face.delay(images[i % 4], user_id=f"sat-{tag}-{block}-{i}")
@@ -151,6 +164,8 @@ def _both(pool, blobs: list[bytes], jobs: int, rounds: int, low_load: int, tag: 
     return {
         "raw_rate": len(raw_times) / raw_s,
         "raw_p50": statistics.median(raw_times),
+        "onnx_rate": len(onnx_times) / onnx_s,
+        "onnx_p50": statistics.median(onnx_times),
         "rate": len(results) / chain_s,
         "low_p50": statistics.median(one_by_one),
         "results": results,
@@ -212,8 +227,10 @@ def main() -> None:
         f"ways on {PROCESSES} processes on the same {os.cpu_count()} cores, in one run, "
         f"saturated in {BLOCKS} alternating blocks of each (the machine's speed drifts). "
         "Raw loop: "
-        "decode once, HOG over its whole pyramid on a ≤ 1280 px copy, 5 landmarks, descriptor "
-        f"(a multiprocessing pool of {PROCESSES}). Chain (detection coarse to fine, "
+        "decode once, HOG over its whole pyramid on a ≤ 1280 px copy, 5 landmarks, dlib's "
+        f"descriptor (a multiprocessing pool of {PROCESSES}); raw loop, ONNX: the same loop "
+        "with the descriptor on ONNX Runtime, as the chain runs it (EMBED_ENGINE=onnx), so the "
+        "last ratio is what the chain itself adds or saves. Chain (detection coarse to fine, "
         f"DETECT_COARSE_LEVELS={Settings().detect_coarse_levels}): `score_face` through real "
         "Redis (the image stored by the caller, the message naming it), detect/embed/score on a "
         f"prefork pool of {PROCESSES}, store on one thread (local Qdrant folder); detect, embed "
@@ -224,8 +241,8 @@ def main() -> None:
         f"{platform.python_version()}.",
         "",
         "| photos | stages | raw loop faces/s | chain faces/s | × raw | raw s/photo (p50) | "
-        "chain one job at a time (p50) | − raw |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "chain one job at a time (p50) | − raw | raw loop, ONNX faces/s | chain × that |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label in sets:
         for layout, chain in chains.items():
@@ -234,7 +251,8 @@ def main() -> None:
             lines.append(
                 f"| {label} | {layout} | {rate:.1f} | {c['rate']:.1f} | {c['rate'] / rate:.2f} | "
                 f"{per_photo * 1000:.0f} ms | {c['low_p50'] * 1000:.0f} ms | "
-                f"{(c['low_p50'] - per_photo) * 1000:+.0f} ms |"
+                f"{(c['low_p50'] - per_photo) * 1000:+.0f} ms | {c['onnx_rate']:.1f} | "
+                f"{c['rate'] / c['onnx_rate']:.2f} |"
             )
     lines += [
         "",

@@ -1,5 +1,9 @@
 """dlib models in this process: HOG (or mmod CNN) detector → 5-point landmarks → ResNet.
 
+The ResNet descriptor runs on ONNX Runtime by default (:mod:`aurum_ml.backends.resnet`:
+dlib's weights from the same file, the same vector to 1e-6, ~20× faster than dlib-bin's
+loops); ``EMBED_ENGINE=dlib`` runs dlib's own.
+
 Model files come from the ``face_recognition_models`` package (CC0); nothing is downloaded.
 The 68-point landmark model in that package is never loaded: its training data's licence
 excludes commercial use.
@@ -22,6 +26,7 @@ import cv2
 import numpy as np
 
 from aurum_ml.backends import Detection
+from aurum_ml.backends.resnet import ResNetDescriptor
 from aurum_ml.errors import ConfigError
 from aurum_ml.imaging import Decoded, decode_scaled
 from aurum_ml.settings import Settings
@@ -70,6 +75,8 @@ class LocalFaceModel:
         self.searches: Counter[str] = Counter()  # HOG searches answered "coarse" / "full"
         self._lock = threading.Lock()
         self._models: dict[str, Any] | None = None
+        self._engine = settings.embed_engine
+        self._onnx: ResNetDescriptor | None = None
 
     def _load(self) -> dict[str, Any]:
         if self._models is None:
@@ -80,10 +87,13 @@ class LocalFaceModel:
                 "landmarks": dlib.shape_predictor(
                     str(folder / "shape_predictor_5_face_landmarks.dat")
                 ),
-                "resnet": dlib.face_recognition_model_v1(
-                    str(folder / "dlib_face_recognition_resnet_model_v1.dat")
-                ),
             }
+            if self._engine == "onnx":
+                self._onnx = ResNetDescriptor(folder, self.settings.embed_threads)
+            else:
+                models["resnet"] = dlib.face_recognition_model_v1(
+                    str(folder / "dlib_face_recognition_resnet_model_v1.dat")
+                )
             if self._detector_kind == "cnn":
                 models["cnn"] = dlib.cnn_face_detection_model_v1(
                     str(folder / "mmod_human_face_detector.dat")
@@ -97,6 +107,8 @@ class LocalFaceModel:
         """Load the models now (a worker calls this at start to keep the first job fast)."""
         with self._lock:
             self._load()
+        if self._onnx is not None:
+            self._onnx.warm_up()  # the session is built outside dlib's lock
 
     def detect(self, data: bytes) -> list[Detection]:
         """Decode (limits checked, far larger images at reduced scale) and find faces; see
@@ -205,6 +217,12 @@ class LocalFaceModel:
 
     def embed_chip(self, chip: np.ndarray) -> np.ndarray:
         """The descriptor of an aligned chip (:func:`face_chip`): no decode, no alignment."""
+        if self._engine == "onnx":
+            if self._onnx is None:
+                with self._lock:
+                    self._load()
+            assert self._onnx is not None  # thread-safe on its own: no dlib lock around it
+            return self._onnx.describe(np.ascontiguousarray(chip)[None])[0]
         with self._lock:
             vector = self._load()["resnet"].compute_face_descriptor(np.ascontiguousarray(chip))
         return np.asarray(vector, dtype=np.float32)
