@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup photos demo test lint alerts worker up down bench bench-detection bench-embedding bench-pipeline bench-services bench-api bench-population chaos clean
+.PHONY: setup photos demo test lint alerts worker up down bench bench-detection bench-embedding bench-pipeline bench-profile bench-services bench-api bench-population chaos clean
 
 setup: $(VENV)/.installed  ## create .venv and install the project with its test extra
 
@@ -31,7 +31,7 @@ lint: setup
 alerts:  ## check deploy/prometheus and run the alerts' unit tests (needs promtool: apt-get install prometheus)
 	cd deploy/prometheus && promtool check config prometheus.yml && promtool test rules alerts.test.yml
 
-bench: bench-detection bench-embedding bench-pipeline bench-services bench-api bench-population  ## every benchmark into BENCHMARKS.md: ~16 min on 2 cores, most of it the 1M-face population (load, index build, one re-rank, restore) (QUICK=1: ~3 min)
+bench: bench-detection bench-embedding bench-pipeline bench-profile bench-services bench-api bench-population  ## every benchmark into BENCHMARKS.md: ~16 min on 2 cores, most of it the 1M-face population (load, index build, one re-rank, restore) (QUICK=1: ~3 min)
 
 bench-detection: photos  ## detect before/after coarse to fine, per photo and size
 	$(BIN)/python bench/detection.py $(if $(QUICK),--quick)
@@ -41,6 +41,9 @@ bench-embedding: photos  ## the descriptor on dlib vs ONNX Runtime, per chip, an
 
 bench-pipeline: photos  ## the whole chain on Redis and worker processes vs the raw model loop
 	$(BIN)/python bench/pipeline.py $(if $(QUICK),--quick)
+
+bench-profile: photos  ## CPU per job of each process at saturation (and py-spy's shares when it is installed)
+	$(BIN)/python bench/cpu_profile.py $(if $(QUICK),--quick) $(if $(wildcard $(BIN)/py-spy),--py-spy)
 
 bench-services: photos  ## ML services (1 and 2 uvicorn workers) vs the in-process call
 	$(BIN)/python bench/services.py

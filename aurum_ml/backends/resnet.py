@@ -280,8 +280,13 @@ class ResNetDescriptor:
     def _load(self) -> Any:
         with self._lock:
             if self._session is None:
-                import onnxruntime
-
+                try:
+                    import onnxruntime
+                except ImportError as exc:  # e.g. a platform without its wheel
+                    raise ConfigError(
+                        f"ONNX Runtime cannot be loaded ({exc}): install the project's "
+                        "dependencies, or set EMBED_ENGINE=dlib to run dlib's descriptor"
+                    ) from exc
                 layers = read_layers(self._path)
                 options = onnxruntime.SessionOptions()
                 # one thread per call: the workers already run one job per core
