@@ -179,7 +179,8 @@ def main() -> None:
         "",
         "Target: the API adds ≤ 10 % to the job time. What it adds: the HTTP round trip, "
         "JSON of a base64 image, the key check, the rate-limit hit and the job records in "
-        "Redis, and polling the result backend every 20–250 ms while it waits.",
+        "Redis, and polling the result backend while it waits (every 10 ms for half a "
+        "second, then backing off to 250 ms).",
     ]
     write_section("api", "The HTTP API vs the Python call (`make bench-api`)", lines)
 

@@ -21,7 +21,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -105,26 +104,13 @@ def main() -> None:
     args = parser.parse_args()
     jobs = 40 if args.quick else args.jobs
 
-    import redis
-    from pipeline import PHOTOS, _resized, workers
-    from redisdb import CLAIM_KEY, claim_redis_db
+    from pipeline import PHOTOS, bench_env, photo_sets, workers
 
     from photos import fetch
     from report import write_section
 
-    broker = os.environ.get("AURUM_BENCH_REDIS") or claim_redis_db()
-    photos = fetch()
-    sets = {
-        "real size": [(photos / n).read_bytes() for n in PHOTOS],
-        "640 px": _resized(photos, 640),
-    }
-    folder = Path(tempfile.mkdtemp(prefix="aurum-profile-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AURUM_", "QDRANT_"))}
-    env.update(AURUM_BROKER_URL=broker, QDRANT_PATH=str(folder / "qdrant"), COOLDOWN_DAYS="0")
-    os.environ.update(env)
-    client = redis.Redis.from_url(broker)
-    client.flushdb()
-    client.set(CLAIM_KEY, os.getpid(), ex=7200)
+    sets = dict(zip(("real size", "640 px"), photo_sets(fetch()).values(), strict=True))
+    env, folder, client = bench_env("aurum-profile-")
     measured: dict[str, dict[str, float]] = {}
     shares: tuple[int, list[tuple[str, float]]] | None = None
     started = workers(env)

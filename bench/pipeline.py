@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 
@@ -85,6 +86,32 @@ def _resized(photos: Path, side: int) -> list[bytes]:
         small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         out.append(cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes())
     return out
+
+
+def photo_sets(photos: Path) -> dict[str, list[bytes]]:
+    """The bench photos at their real sizes and resized to 640 px."""
+    return {
+        "real size (0.9–3.3 MP)": [(photos / n).read_bytes() for n in PHOTOS],
+        "640 px": _resized(photos, 640),
+    }
+
+
+def bench_env(prefix: str) -> tuple[dict[str, str], Path, Any]:
+    """A Redis database of the bench's own (claimed and emptied: tests/redisdb.py) and a
+    throw-away folder for the local Qdrant folder: the workers' environment, also set in
+    this process (it submits with the same settings), the folder and a Redis client."""
+    import redis
+    from redisdb import CLAIM_KEY, claim_redis_db
+
+    broker = os.environ.get("AURUM_BENCH_REDIS") or claim_redis_db()
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AURUM_", "QDRANT_"))}
+    env.update(AURUM_BROKER_URL=broker, QDRANT_PATH=str(folder / "qdrant"), COOLDOWN_DAYS="0")
+    os.environ.update(env)
+    client = redis.Redis.from_url(broker)
+    client.flushdb()
+    client.set(CLAIM_KEY, os.getpid(), ex=7200)  # still ours after the flush
+    return env, folder, client
 
 
 def workers(env: dict[str, str], store_queues: str = "store,maintenance") -> list[subprocess.Popen]:
@@ -179,32 +206,20 @@ def main() -> None:
     args = parser.parse_args()
     jobs, low, rounds = (12, 4, 12) if args.quick else (args.jobs, 12, 42)
 
-    from redisdb import CLAIM_KEY, claim_redis_db
-
     from photos import fetch
     from report import write_section
 
-    broker = os.environ.get("AURUM_BENCH_REDIS") or claim_redis_db()
-
-    photos = fetch()
-    sets = {
-        "real size (0.9–3.3 MP)": [(photos / n).read_bytes() for n in PHOTOS],
-        "640 px": _resized(photos, 640),
+    sets = photo_sets(fetch())
+    env, folder, client = bench_env("aurum-bench-")
+    layouts = {  # the workers' settings
+        "one task": {"INLINE_LOCAL_STAGES": "true"},
+        "a message per stage": {"INLINE_LOCAL_STAGES": "false"},
+        "one task, dlib's descriptor": {"INLINE_LOCAL_STAGES": "true", "EMBED_ENGINE": "dlib"},
     }
-    folder = Path(tempfile.mkdtemp(prefix="aurum-bench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AURUM_", "QDRANT_"))}
-    env.update(AURUM_BROKER_URL=broker, QDRANT_PATH=str(folder / "qdrant"), COOLDOWN_DAYS="0")
-    os.environ.update(env)  # this process submits with the same settings
-
-    import redis
-
-    redis.Redis.from_url(broker).flushdb()
-    redis.Redis.from_url(broker).set(CLAIM_KEY, os.getpid(), ex=7200)  # still ours
-    layouts = {"one task": "true", "a message per stage": "false"}  # INLINE_LOCAL_STAGES
     chains: dict[str, dict] = {}
     try:
-        for n, (layout, inline) in enumerate(layouts.items()):
-            started = workers(env | {"INLINE_LOCAL_STAGES": inline})
+        for n, (layout, overrides) in enumerate(layouts.items()):
+            started = workers(env | overrides)
             try:
                 with multiprocessing.get_context("fork").Pool(PROCESSES) as pool:
                     chains[layout] = {
@@ -218,7 +233,7 @@ def main() -> None:
                     worker.wait(60)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-        redis.Redis.from_url(broker).flushdb()
+        client.flushdb()
 
     from aurum_ml.settings import Settings
 
@@ -234,8 +249,9 @@ def main() -> None:
         f"DETECT_COARSE_LEVELS={Settings().detect_coarse_levels}): `score_face` through real "
         "Redis (the image stored by the caller, the message naming it), detect/embed/score on a "
         f"prefork pool of {PROCESSES}, store on one thread (local Qdrant folder); detect, embed "
-        "and score in intake's task (the default when one worker runs them in-process) or a "
-        "message per stage (INLINE_LOCAL_STAGES=false); saturated = "
+        "and score in intake's task (the default when one worker runs them in-process), a "
+        "message per stage (INLINE_LOCAL_STAGES=false), or in one task with dlib's own "
+        "descriptor (EMBED_ENGINE=dlib: the chain before ONNX Runtime); saturated = "
         f"{jobs // BLOCKS} jobs submitted at once per block ({jobs} in all), low load = one job "
         "at a time. Python "
         f"{platform.python_version()}.",
@@ -254,18 +270,23 @@ def main() -> None:
                 f"{(c['low_p50'] - per_photo) * 1000:+.0f} ms | {c['onnx_rate']:.1f} | "
                 f"{c['rate'] / c['onnx_rate']:.2f} |"
             )
+    before, after = "one task, dlib's descriptor", "one task"
     lines += [
         "",
-        "Per stage at saturation, real-size photos, one task (ms; `total` counts from intake,",
-        "so it includes the wait for the store stage):",
+        "Per stage at saturation, real-size photos, one task, before (dlib's descriptor) and",
+        "after (ONNX Runtime's), ms; `total` counts from intake, so it includes the wait for",
+        "the store stage:",
         "",
-        "| stage | median | p95 |",
-        "|---|---:|---:|",
+        "| stage | before: median | p95 | after: median | p95 |",
+        "|---|---:|---:|---:|---:|",
     ]
-    results = chains["one task"][next(iter(sets))]["results"]
+    first = next(iter(sets))
     for stage in ("detect", "embed", "score", "store", "total"):
-        values = [r["timings_ms"][stage] for r in results]
-        lines.append(f"| {stage} | {statistics.median(values):.0f} | {_p95(values):.0f} |")
+        cells = []
+        for layout in (before, after):
+            values = [r["timings_ms"][stage] for r in chains[layout][first]["results"]]
+            cells += [f"{statistics.median(values):.0f}", f"{_p95(values):.0f}"]
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     write_section("pipeline", "The whole chain vs the raw model loop (`make bench`)", lines)
 
 

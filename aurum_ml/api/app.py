@@ -415,14 +415,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(503, "unavailable", f"broker unreachable: {exc}") from None
 
     async def _wait_for(request: Request, job_id: str, wait: float) -> JobView:
-        deadline = time.monotonic() + wait
-        pause = 0.02
+        """Poll the result backend: every 10 ms for the first half second (a job takes
+        60–300 ms: a coarser poll would add most of its own pause to the answer), then
+        backing off to every 250 ms."""
+        started = time.monotonic()
+        deadline, pause = started + wait, 0.01
         while True:
             view = await anyio.to_thread.run_sync(_view, request, job_id)
             if view.state in ("done", "failed") or time.monotonic() >= deadline:
                 return view
             await anyio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(pause * 1.5, 0.25)
+            if time.monotonic() - started > 0.5:
+                pause = min(pause * 1.5, 0.25)
 
     @app.get("/v1/jobs/{job_id}", name="job", response_model=JobView)
     def job(request: Request, job_id: str, key: KeyName) -> JobView:
