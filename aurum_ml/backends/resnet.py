@@ -141,7 +141,7 @@ def read_layers(path: Path) -> list[Layer]:
             reader = _Reader(data, match.start())
             layers.append(_record(reader))
             at = reader.at
-    except (OSError, ValueError, IndexError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, IndexError, ZeroDivisionError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read dlib's face model {path}: {exc}") from exc
     if not layers or layers[0].kind != "input_rgb_image_sized" or layers[-1].kind != "fc_2":
         raise ConfigError(f"{path} is not dlib's face-recognition ResNet")
@@ -181,6 +181,8 @@ def _conv(graph: _Graph, x: _Value, conv: Layer, affine: Layer) -> _Value:
     """conv then affine, as one conv: w·γ, b·γ + β (per output channel)."""
     assert conv.weights is not None and conv.bias is not None
     assert affine.gamma is not None and affine.beta is not None
+    if affine.gamma.size != conv.weights.shape[0]:  # an affine per channel (dlib's CONV_MODE)
+        raise ConfigError("an affine layer of dlib's ResNet does not match its conv")
     gamma = affine.gamma.astype(np.float64)
     weights = (conv.weights * gamma[:, None, None, None]).astype(np.float32)
     bias = (conv.bias * gamma + affine.beta).astype(np.float32)
