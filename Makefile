@@ -31,7 +31,7 @@ lint: setup
 alerts:  ## check deploy/prometheus and run the alerts' unit tests (needs promtool: apt-get install prometheus)
 	cd deploy/prometheus && promtool check config prometheus.yml && promtool test rules alerts.test.yml
 
-bench: bench-detection bench-embedding bench-pipeline bench-profile bench-services bench-api bench-population  ## every benchmark into BENCHMARKS.md: ~10 min on 2 cores, most of it the 1M-face population (load, index build, one re-rank, restore) (QUICK=1: ~2 min)
+bench: bench-detection bench-embedding bench-pipeline bench-profile bench-services bench-api bench-population  ## every benchmark into BENCHMARKS.md: ~8 min on 2 cores, most of it the 1M-face population (load, index build, one re-rank, restore) (QUICK=1: ~2 min)
 
 bench-detection: photos  ## detect before/after coarse to fine, per photo and size
 	$(BIN)/python bench/detection.py $(if $(QUICK),--quick)
@@ -51,7 +51,7 @@ bench-services: photos  ## ML services (1 and 2 uvicorn workers) vs the in-proce
 bench-api: photos  ## POST /v1/score?wait=30 vs score_face.delay().get(), same workers
 	$(BIN)/python bench/api.py
 
-bench-population: photos  ## Edge at 1k/100k/1M faces beside local mode (~6 min; QUICK=1: 1k/100k, ~1 min)
+bench-population: photos  ## Edge at 1k/100k/1M faces beside local mode (~6 min; QUICK=1: 1k/100k, under 1 min)
 	$(BIN)/python bench/population.py $(if $(QUICK),--quick)
 
 chaos: photos  ## faults under load (worker kill, Redis and RabbitMQ restarts, services down, bad input) → docs/reliability.md
