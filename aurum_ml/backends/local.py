@@ -75,8 +75,11 @@ class LocalFaceModel:
         self.searches: Counter[str] = Counter()  # HOG searches answered "coarse" / "full"
         self._lock = threading.Lock()
         self._models: dict[str, Any] | None = None
-        self._engine = settings.embed_engine
-        self._onnx: ResNetDescriptor | None = None
+        self._onnx = (
+            ResNetDescriptor(model_dir, settings.embed_threads)
+            if settings.embed_engine == "onnx"
+            else None
+        )  # dlib's descriptor otherwise (in _load)
 
     def _load(self) -> dict[str, Any]:
         if self._models is None:
@@ -88,9 +91,7 @@ class LocalFaceModel:
                     str(folder / "shape_predictor_5_face_landmarks.dat")
                 ),
             }
-            if self._engine == "onnx":
-                self._onnx = ResNetDescriptor(folder, self.settings.embed_threads)
-            else:
+            if self._onnx is None:
                 models["resnet"] = dlib.face_recognition_model_v1(
                     str(folder / "dlib_face_recognition_resnet_model_v1.dat")
                 )
@@ -217,11 +218,7 @@ class LocalFaceModel:
 
     def embed_chip(self, chip: np.ndarray) -> np.ndarray:
         """The descriptor of an aligned chip (:func:`face_chip`): no decode, no alignment."""
-        if self._engine == "onnx":
-            if self._onnx is None:
-                with self._lock:
-                    self._load()
-            assert self._onnx is not None  # thread-safe on its own: no dlib lock around it
+        if self._onnx is not None:  # thread-safe on its own: no dlib lock around it
             return self._onnx.describe(np.ascontiguousarray(chip)[None])[0]
         with self._lock:
             vector = self._load()["resnet"].compute_face_descriptor(np.ascontiguousarray(chip))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -269,17 +270,21 @@ def to_onnx(layers: list[Layer]) -> bytes:
 
 
 class ResNetDescriptor:
-    """dlib's descriptor on ONNX Runtime. Built on first use (≈ 0.5 s: the file read, the
-    graph written, the session made), once per process; thread-safe."""
+    """dlib's descriptor on ONNX Runtime. Built on first use (≈ 0.8 s: onnx imported, the
+    file read, the graph written, the session made), once per process; thread-safe.
+    ``folder`` is the model folder, or how to find it then (a process that never embeds
+    never looks)."""
 
-    def __init__(self, folder: Path, threads: int = 1) -> None:
-        self._path = folder / FILE
+    def __init__(self, folder: Path | Callable[[], Path], threads: int = 1) -> None:
+        self._folder = folder
         self._threads = threads
         self._lock = threading.Lock()
         self._session: Any = None
         self._mean = np.zeros(3, dtype=np.float32)
 
     def _load(self) -> Any:
+        if self._session is not None:  # every call after the first: no lock
+            return self._session
         with self._lock:
             if self._session is None:
                 try:
@@ -289,10 +294,10 @@ class ResNetDescriptor:
                         f"ONNX Runtime cannot be loaded ({exc}): install the project's "
                         "dependencies, or set EMBED_ENGINE=dlib to run dlib's descriptor"
                     ) from exc
-                layers = read_layers(self._path)
+                folder = self._folder if isinstance(self._folder, Path) else self._folder()
+                layers = read_layers(folder / FILE)
                 options = onnxruntime.SessionOptions()
-                # one thread per call: the workers already run one job per core
-                options.intra_op_num_threads = self._threads
+                options.intra_op_num_threads = self._threads  # EMBED_THREADS
                 options.inter_op_num_threads = 1
                 session = onnxruntime.InferenceSession(
                     to_onnx(layers), options, providers=["CPUExecutionProvider"]

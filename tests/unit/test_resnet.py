@@ -55,7 +55,7 @@ def test_a_batch_equals_one_chip_at_a_time(chips):
         assert np.max(np.abs(row - descriptor.describe(chip[None])[0])) < 1e-6
 
 
-def test_the_network_read_from_dlibs_file(tmp_path):
+def test_the_network_read_from_dlibs_file():
     layers = read_layers(model_dir() / FILE)
     convs = [layer for layer in layers if layer.kind == "con_4"]
     assert len(convs) == 29  # the stem and two in each of the 14 residual blocks
