@@ -17,11 +17,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import platformdirs
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from aurum_ml.callbacks import AllowList
 
 
 class Settings(BaseSettings):
@@ -185,6 +188,14 @@ class Settings(BaseSettings):
             ) from None
         return value
 
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _check_allowed_hosts(cls, value: str) -> str:
+        from aurum_ml.callbacks import parse_allow_list
+
+        parse_allow_list(value)  # a malformed entry fails at start-up, naming it
+        return value
+
     @field_validator("visibility_timeout_s", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -243,8 +254,11 @@ class Settings(BaseSettings):
         return {name: key for name, _, key in pairs}
 
     @property
-    def webhook_allowed_host_list(self) -> set[str]:
-        return {h.strip().lower() for h in self.webhook_allowed_hosts.split(",") if h.strip()}
+    def webhook_allow_list(self) -> AllowList:
+        """AURUM_WEBHOOK_ALLOWED_HOSTS, parsed (aurum_ml.callbacks)."""
+        from aurum_ml.callbacks import parse_allow_list
+
+        return parse_allow_list(self.webhook_allowed_hosts)
 
     @property
     def qdrant_folder(self) -> Path:

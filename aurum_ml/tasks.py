@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-import requests
 from celery import Task, chain, states
 from celery.exceptions import Ignore, Reject, Retry
 from celery.utils import uuid
@@ -738,7 +737,7 @@ def notify(self: Task, job_id: str) -> str:
         exc = result.result
         error = {"error": type(exc).__name__, "message": str(exc)}
         body = webhooks.body_of(job_id, "failed", None, error)
-    outcome = webhooks.deliver(job_id, record, rt.hooks, rt.settings, body, requests.post)
+    outcome = webhooks.deliver(job_id, record, rt.hooks, rt.settings, body)
     if outcome == "retry":
         countdown = webhooks.backoff(record.attempts + 1)  # this attempt included
         raise self.retry(countdown=countdown, max_retries=self.request.retries + 1)

@@ -14,10 +14,13 @@ refuses a ``t`` older than a few minutes (replay). Deliveries are at least once:
 
 Retries: timeouts, connection errors, 5xx and 429 are retried with exponential backoff (1 s
 doubling to 5 min, jittered) for up to ``WEBHOOK_RETRY_FOR`` seconds; any other 4xx is
-final. Redirects are not followed. Only hosts in ``AURUM_WEBHOOK_ALLOWED_HOSTS`` are ever
-called (checked when the job is submitted and again before each attempt): nothing the
-operator did not allow is requested, so a caller cannot aim the workers at internal
-addresses (SSRF).
+final. Redirects are not followed. Only the exact hosts and ports in
+``AURUM_WEBHOOK_ALLOWED_HOSTS`` are ever called, and never a loopback, private or
+link-local address the operator did not list itself: checked when the job is submitted
+and again before each attempt, by the same parser that the POST is sent with, on the
+address that was checked (:mod:`aurum_ml.callbacks`). The job's submitter sees only
+whether the webhook was delivered and how many attempts were made, never the far side's
+answer.
 """
 
 from __future__ import annotations
@@ -25,14 +28,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import random
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 
+from aurum_ml.callbacks import Callback, parse_callback
 from aurum_ml.errors import InvalidRequest
 from aurum_ml.settings import Settings
 from aurum_ml.state import redis_errors
@@ -46,6 +50,8 @@ __all__ = [
     "signature_header",
     "verify",
 ]
+
+log = logging.getLogger("aurum_ml.webhooks")
 
 SIGNATURE_HEADER = "X-Aurum-Signature"
 MAX_BACKOFF_S = 300
@@ -75,36 +81,15 @@ def verify(secret: str, header: str, body: bytes, tolerance_s: int = 300) -> boo
     return hmac.compare_digest(sign(secret, t, body), fields.get("v1", ""))
 
 
-def _host_port(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        raise InvalidRequest("callback_url has an invalid port") from None
-    return parts.scheme, (parts.hostname or "").lower(), port
-
-
-def check_callback(url: str, settings: Settings) -> str:
-    """The callback URL if webhooks are configured and its host is allowed; InvalidRequest
-    otherwise. An allow-list entry is ``host`` (any port) or ``host:port``."""
+def check_callback(url: str, settings: Settings) -> Callback:
+    """The callback, parsed, if webhooks are configured and it is allowed
+    (:mod:`aurum_ml.callbacks`); InvalidRequest otherwise."""
     if not settings.webhook_secret:
         raise InvalidRequest(
             "webhooks are not configured on this server (AURUM_WEBHOOK_SECRET is unset)",
             "invalid_request",
         )
-    if len(url) > 2048:
-        raise InvalidRequest("callback_url is longer than 2048 characters")
-    scheme, host, port = _host_port(url)
-    if scheme not in ("http", "https") or not host:
-        raise InvalidRequest("callback_url must be an absolute http(s) URL")
-    allowed = settings.webhook_allowed_host_list
-    if host not in allowed and f"{host}:{port}" not in allowed:
-        raise InvalidRequest(
-            "callback_url's host is not in AURUM_WEBHOOK_ALLOWED_HOSTS: ask the operator to "
-            "allow it",
-            "callback_not_allowed",
-        )
-    return url
+    return settings.webhook_allow_list.check(parse_callback(url))
 
 
 @dataclass(frozen=True)
@@ -118,11 +103,9 @@ class Delivery:
     final: bool  # delivered, refused for good, or out of time
 
     def public(self) -> dict[str, Any]:
-        return {
-            "delivered": self.delivered,
-            "attempts": self.attempts,
-            "last_status": self.last_status,
-        }
+        """What the job's submitter sees: delivered or not, and how many POSTs left —
+        never the far side's answer (that would make the workers a port scanner)."""
+        return {"delivered": self.delivered, "attempts": self.attempts}
 
 
 class HookRecords:
@@ -208,43 +191,80 @@ def deliver(
     hooks: HookRecords,
     settings: Settings,
     body: bytes,
-    post: Any,
 ) -> str:
     """One delivery attempt of ``body`` for ``job_id`` (whose webhook ``record`` the caller
-    read, not final): "delivered", "retry" or "final" (refused for good, or out of time)."""
-    import requests
-
+    read, not final): "delivered", "retry" or "final" (refused for good, or out of time).
+    The URL is checked again (the allow-list may have changed since submission), its host
+    resolved once, and the POST sent to the address that was checked."""
     first = hooks.started(job_id)
-    try:
-        check_callback(record.url, settings)  # the allow-list may have changed since submit
-    except InvalidRequest:
-        hooks.attempted(job_id, "not_allowed", delivered=False, final=True)
-        return "final"
-    assert settings.webhook_secret is not None  # check_callback requires it
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": "aurum-ml-webhook/1",
-        "X-Aurum-Job-Id": job_id,
-        SIGNATURE_HEADER: signature_header(settings.webhook_secret, body),
-    }
     status: int | str
     try:
-        response = post(
-            record.url,
-            data=body,
-            headers=headers,
-            timeout=settings.webhook_timeout_s,
-            allow_redirects=False,
-        )
-        status = int(response.status_code)
-    except requests.Timeout:
-        status = "timeout"
-    except requests.RequestException:
-        status = "connection_error"
+        callback = check_callback(record.url, settings)
+        address = settings.webhook_allow_list.resolve(callback)
+    except InvalidRequest as exc:
+        log.warning("job %s: webhook not sent: %s", job_id, exc.message)
+        hooks.attempted(job_id, "not_allowed", delivered=False, final=True)
+        return "final"
+    except OSError:  # the name does not resolve now
+        status = "dns_error"
+    else:
+        assert settings.webhook_secret is not None  # check_callback requires it
+        headers = {
+            "Host": callback.host_header,
+            "Content-Type": "application/json",
+            "User-Agent": "aurum-ml-webhook/1",
+            "X-Aurum-Job-Id": job_id,
+            SIGNATURE_HEADER: signature_header(settings.webhook_secret, body),
+        }
+        status = post(callback, address, body, headers, settings.webhook_timeout_s)
     delivered = isinstance(status, int) and 200 <= status < 300
     out_of_time = time.time() - first >= settings.webhook_retry_for_s
     final = delivered or not retryable(status) or out_of_time
     hooks.attempted(job_id, status, delivered=delivered, final=final)
+    log.info("job %s: webhook attempt answered %s", job_id, status)  # for operators only
     if delivered:
         return "delivered"
     return "final" if final else "retry"
+
+
+def post(
+    callback: Callback, address: Any, body: bytes, headers: dict[str, str], timeout_s: float
+) -> int | str:
+    """POST ``body`` to ``callback`` on the connection to ``address`` (no lookup of its
+    own, no proxy from the environment, no redirect followed, no retry): the status, or
+    "timeout" / "connection_error". For https the certificate is checked against the
+    URL's host name."""
+    import urllib3
+
+    options: dict[str, Any] = {
+        "port": callback.port,
+        "timeout": urllib3.Timeout(connect=timeout_s, read=timeout_s),
+        "retries": False,
+        "maxsize": 1,
+    }
+    if callback.scheme == "https":
+        pool: Any = urllib3.HTTPSConnectionPool(
+            str(address), server_hostname=callback.host, assert_hostname=callback.host, **options
+        )
+    else:
+        pool = urllib3.HTTPConnectionPool(str(address), **options)
+    try:
+        response = pool.urlopen(
+            "POST",
+            callback.target,
+            body=body,
+            headers=headers,
+            redirect=False,
+            retries=False,
+            assert_same_host=False,
+            preload_content=False,
+        )
+        status = int(response.status)
+        response.release_conn()
+        return status
+    except urllib3.exceptions.TimeoutError:
+        return "timeout"
+    except (urllib3.exceptions.HTTPError, OSError):
+        return "connection_error"
+    finally:
+        pool.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,15 @@ from pathlib import Path
 import pytest
 from redisdb import CLAIM_KEY, claim_redis_db  # noqa: E402
 
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# the webhook receiver's port: the allow-list names exact host and port (aurum_ml.callbacks)
+WEBHOOK_RECEIVER_PORT = _free_port()
 TEST_REDIS = os.environ.get("AURUM_TEST_REDIS") or claim_redis_db()
 _QDRANT_DIR = tempfile.mkdtemp(prefix="aurum-test-qdrant-")
 for _name in ("QDRANT_URL", "QDRANT_API_KEY", "AURUM_DATA_DIR"):
@@ -36,7 +46,7 @@ os.environ.update(
         "COOLDOWN_DAYS": "0",
         # webhooks (the API's tests): a loopback receiver, a test secret
         "AURUM_WEBHOOK_SECRET": "test-webhook-secret",
-        "AURUM_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1",
+        "AURUM_WEBHOOK_ALLOWED_HOSTS": f"127.0.0.1:{WEBHOOK_RECEIVER_PORT}",
         "WEBHOOK_RETRY_FOR": "60",
     }
 )

@@ -89,11 +89,10 @@ class ScoreBody(BaseModel):
 
 
 class Webhook(BaseModel):
+    """The job's webhook as its submitter sees it: never the receiver's answer."""
+
     delivered: bool
-    attempts: int
-    last_status: int | str | None = Field(
-        None, description="HTTP status of the last attempt, or timeout / connection_error"
-    )
+    attempts: int = Field(..., description="POSTs sent so far")
 
 
 class JobView(BaseModel):

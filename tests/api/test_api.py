@@ -18,6 +18,7 @@ import requests
 
 from aurum_ml.webhooks import SIGNATURE_HEADER, verify
 
+from conftest import WEBHOOK_RECEIVER_PORT
 from samples import b64, raw_reply
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -205,7 +206,8 @@ class _Receiver(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[tuple[str, type[_Receiver]]]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    """On the one port the tests' allow-list names (conftest: 127.0.0.1:port)."""
+    server = ThreadingHTTPServer(("127.0.0.1", WEBHOOK_RECEIVER_PORT), _Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}", _Receiver
     server.shutdown()
@@ -239,7 +241,7 @@ def test_webhooks_signed_retried_and_refused(api, receiver, photos):
         submit("/refuse", "u-hook-3"),
     )
     view = _webhook_of(api, ok, 1)
-    assert view["webhook"] == {"delivered": True, "attempts": 1, "last_status": 200}
+    assert view["webhook"] == {"delivered": True, "attempts": 1}
     ((path, headers, body),) = [r for r in handler.received if r[0] == "/ok"]
     assert verify(SECRET, headers[SIGNATURE_HEADER], body)
     assert not verify("another-secret", headers[SIGNATURE_HEADER], body)
@@ -247,18 +249,11 @@ def test_webhooks_signed_retried_and_refused(api, receiver, photos):
     assert sent["job_id"] == ok and sent["state"] == "done"
     assert sent["result"] == view["result"]  # the result itself, as polled
 
-    assert _webhook_of(api, flaky, 3)["webhook"] == {
-        "delivered": True,
-        "attempts": 3,
-        "last_status": 200,
-    }
+    assert _webhook_of(api, flaky, 3)["webhook"] == {"delivered": True, "attempts": 3}
     assert [r[0] for r in handler.received].count("/flaky") == 3
 
-    assert _webhook_of(api, refused, 1)["webhook"] == {
-        "delivered": False,
-        "attempts": 1,
-        "last_status": 400,
-    }
+    # the far side's answer is not told to the caller (it would map ports): only the fact
+    assert _webhook_of(api, refused, 1)["webhook"] == {"delivered": False, "attempts": 1}
     time.sleep(3)  # a 400 is final: never retried
     assert [r[0] for r in handler.received].count("/refuse") == 1
 
