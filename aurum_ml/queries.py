@@ -11,7 +11,7 @@ from typing import Any
 from aurum_ml.index import score_of
 from aurum_ml.runtime import Runtime
 
-__all__ = ["get_score", "leaderboard", "similar", "stats", "stored_result"]
+__all__ = ["for_tenant", "get_score", "leaderboard", "similar", "stats", "stored_result"]
 
 
 def _standing(runtime: Runtime, point_id: str | None) -> dict[str, Any]:
@@ -79,20 +79,43 @@ def get_score(runtime: Runtime, user_id: str) -> dict[str, Any] | None:
     return cached | _standing(runtime, cached.get("point_id")) | {"distribution": distribution}
 
 
-def similar(runtime: Runtime, user_id: str, k: int = 10) -> list[dict[str, Any]] | None:
+def _of_tenant(runtime: Runtime, users: list[str], tenant: str | None) -> set[str]:
+    """Those of ``users`` that ``tenant`` owns (all of them for ``tenant=None``)."""
+    if tenant is None:
+        return set(users)
+    owners = runtime.users.tenants(sorted(set(users)))
+    return {user for user, owner in owners.items() if owner == tenant}
+
+
+def for_tenant(runtime: Runtime, result: Any, tenant: str | None) -> Any:
+    """A result as ``tenant`` may see it: its matches limited to that tenant's users (an
+    HTTP API key never learns another tenant's user ids). ``tenant=None``: as it is."""
+    if tenant is None or not isinstance(result, dict) or not result.get("matches"):
+        return result
+    matches = result["matches"]
+    visible = _of_tenant(runtime, [str(m.get("user_id")) for m in matches], tenant)
+    return result | {"matches": [m for m in matches if m.get("user_id") in visible]}
+
+
+def similar(
+    runtime: Runtime, user_id: str, k: int = 10, tenant: str | None = None
+) -> list[dict[str, Any]] | None:
     """The ``k`` other users whose faces are nearest to the user's latest face (nearest
-    first, one entry per user). None if the user has no stored face."""
+    first, one entry per user); with ``tenant``, only users that tenant owns (an HTTP
+    API key sees its own users only). None if the user has no stored face."""
     points = runtime.vectors.user_points(user_id)
     if not points:
         return None
     if k <= 0:
         return []
     _, vector, _ = points[0]
-    hits = runtime.vectors.nearest_others(vector, user_id, limit=max(4 * k, 20))
+    window = max(4 * k, 20) if tenant is None else max(20 * k, 200)
+    hits = runtime.vectors.nearest_others(vector, user_id, limit=window)
+    visible = _of_tenant(runtime, [str(h[2].get("user_id")) for h in hits], tenant)
     found: dict[str, dict[str, Any]] = {}
     for pid, distance, payload in hits:
         other = payload.get("user_id")
-        if other and other not in found:
+        if other and other not in found and other in visible:
             found[other] = {
                 "user_id": other,
                 "point_id": pid,
@@ -102,9 +125,15 @@ def similar(runtime: Runtime, user_id: str, k: int = 10) -> list[dict[str, Any]]
     return list(found.values())[:k]
 
 
-def leaderboard(runtime: Runtime, limit: int = 10) -> list[dict[str, Any]]:
+LEADERBOARD_SCAN = 100_000  # a tenant's board is drawn from this many top faces at most
+
+
+def leaderboard(
+    runtime: Runtime, limit: int = 10, tenant: str | None = None
+) -> list[dict[str, Any]]:
     """The most typical faces, one per user (their best), ties broken by the earlier
-    stored time."""
+    stored time; with ``tenant``, that tenant's users only (their rank stays the one in
+    the whole population), found among the top ``LEADERBOARD_SCAN`` faces."""
     if limit <= 0:
         return []
     window = limit
@@ -117,14 +146,15 @@ def leaderboard(runtime: Runtime, limit: int = 10) -> list[dict[str, Any]]:
         )
         board: list[dict[str, Any]] = []
         users: set[str] = set()
+        visible = _of_tenant(runtime, [str(p.get("user_id")) for p in payloads.values()], tenant)
         for _, _, pid in ordered:
             user = str(payloads[pid].get("user_id"))
-            if user in users:
+            if user in users or user not in visible:
                 continue
             users.add(user)
             board.append({"user_id": user, "point_id": pid} | _standing(runtime, pid))
             board[-1]["scored_at"] = payloads[pid].get("created_at")
-        if len(board) >= limit or len(top) < window:
+        if len(board) >= limit or len(top) < window or window >= LEADERBOARD_SCAN:
             return [entry | {"position": i + 1} for i, entry in enumerate(board[:limit])]
         window *= 2  # some users hold several of the top faces: look further down
 

@@ -144,13 +144,19 @@ class Settings(BaseSettings):
     # --- HTTP API and webhooks (aurum-ml serve api) -----------------------------------------
     api_keys: str | None = Field(None, validation_alias="AURUM_API_KEYS")
     api_rate_limit: str = Field("10/minute", validation_alias="AURUM_API_RATE_LIMIT")
+    # GETs (jobs, users, leaderboard, stats), per key: polling a job is a GET
+    api_read_rate_limit: str = Field("600/minute", validation_alias="AURUM_API_READ_RATE_LIMIT")
+    # names of keys with rights over every tenant's users (operators), comma-separated
+    api_admin_keys: str = Field("", validation_alias="AURUM_API_ADMIN_KEYS")
+    # the API's public base URL, for status_url (unset: status_url is a relative URL)
+    api_public_url: str | None = Field(None, validation_alias="AURUM_API_PUBLIC_URL")
     webhook_url: str | None = Field(None, validation_alias="AURUM_WEBHOOK_URL")
     webhook_secret: str | None = Field(None, validation_alias="AURUM_WEBHOOK_SECRET")
     webhook_allowed_hosts: str = Field("", validation_alias="AURUM_WEBHOOK_ALLOWED_HOSTS")
     webhook_timeout_s: float = Field(5.0, gt=0, le=60, validation_alias="WEBHOOK_TIMEOUT")
     webhook_retry_for_s: float = Field(3600.0, ge=0, validation_alias="WEBHOOK_RETRY_FOR")
 
-    @field_validator("api_keys", "webhook_url", "webhook_secret", mode="before")
+    @field_validator("api_keys", "webhook_url", "webhook_secret", "api_public_url", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -175,7 +181,16 @@ class Settings(BaseSettings):
             secrets.add(key)
         return value
 
-    @field_validator("api_rate_limit")
+    @field_validator("api_public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(
+                "AURUM_API_PUBLIC_URL must be an http(s) URL, e.g. https://api.example"
+            )
+        return value.rstrip("/") if value else value
+
+    @field_validator("api_rate_limit", "api_read_rate_limit")
     @classmethod
     def _check_rate_limit(cls, value: str) -> str:
         from limits import parse
@@ -184,7 +199,8 @@ class Settings(BaseSettings):
             parse(value)
         except ValueError:
             raise ValueError(
-                "AURUM_API_RATE_LIMIT must read like 10/minute or 100 per hour"
+                "AURUM_API_RATE_LIMIT and AURUM_API_READ_RATE_LIMIT must read like "
+                "10/minute or 100 per hour"
             ) from None
         return value
 
@@ -200,6 +216,15 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _check_admin_keys(self) -> Settings:
+        unknown = self.api_admin_key_names - set(self.api_key_table)
+        if unknown:
+            raise ValueError(
+                f"AURUM_API_ADMIN_KEYS names keys that AURUM_API_KEYS does not: {sorted(unknown)}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_state_store(self) -> Settings:
@@ -252,6 +277,10 @@ class Settings(BaseSettings):
             return {}
         pairs = (entry.strip().partition(":") for entry in self.api_keys.split(","))
         return {name: key for name, _, key in pairs}
+
+    @property
+    def api_admin_key_names(self) -> set[str]:
+        return {n.strip() for n in self.api_admin_keys.split(",") if n.strip()}
 
     @property
     def webhook_allow_list(self) -> AllowList:

@@ -644,13 +644,13 @@ def get_score(user_id: str) -> dict[str, Any] | None:
 
 
 @app.task(base=PipelineTask, name="aurum_ml.similar")
-def similar(user_id: str, k: int = 10) -> list[dict[str, Any]] | None:
-    return queries.similar(get_runtime(), user_id, k)
+def similar(user_id: str, k: int = 10, tenant: str | None = None) -> list[dict[str, Any]] | None:
+    return queries.similar(get_runtime(), user_id, k, tenant)
 
 
 @app.task(base=PipelineTask, name="aurum_ml.leaderboard")
-def leaderboard(limit: int = 10) -> list[dict[str, Any]]:
-    return queries.leaderboard(get_runtime(), limit)
+def leaderboard(limit: int = 10, tenant: str | None = None) -> list[dict[str, Any]]:
+    return queries.leaderboard(get_runtime(), limit, tenant)
 
 
 @app.task(base=PipelineTask, name="aurum_ml.stats")
@@ -732,7 +732,8 @@ def notify(self: Task, job_id: str) -> str:
             return "final"
         raise self.retry(countdown=1, max_retries=self.request.retries + 1)
     if state == states.SUCCESS:
-        body = webhooks.body_of(job_id, "done", result.result, None)
+        shown = queries.for_tenant(rt, result.result, record.tenant)
+        body = webhooks.body_of(job_id, "done", shown, None)
     else:
         exc = result.result
         error = {"error": type(exc).__name__, "message": str(exc)}

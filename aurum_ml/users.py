@@ -8,7 +8,9 @@ Keys (``{uid}`` is the user id):
 - ``aurum:user:{uid}:result``    the latest stored result (JSON), for ``get_score`` and for
   answering a re-submitted photo without scoring it again;
 - ``aurum:user:{uid}:jobs``      job ids, so ``forget_user`` can erase their results;
-- ``aurum:user:{uid}:images``    image hashes still in flight.
+- ``aurum:user:{uid}:images``    image hashes still in flight;
+- ``aurum:user:{uid}:tenant``    the HTTP API tenant that first submitted the user (the only
+  one whose keys may read or erase it; no expiry: it goes with the user's erasure).
 
 Erasure is final. ``aurum:erased:{sha256(uid)}`` counts the user's erasures (their
 *epoch*); every job takes the epoch current at its first admission
@@ -122,6 +124,25 @@ class UserRecords:
             pipe.sadd(key, job_id)
             pipe.expire(key, self.keep_s)
             pipe.execute()
+
+    def claim(self, user_id: str, tenant: str) -> str:
+        """The tenant that owns the user: ``tenant`` when nobody did (it claims it now)."""
+        key = self._key(user_id, "tenant")
+        with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, tenant, nx=True)
+            pipe.get(key)
+            _, owner = pipe.execute()
+        return str(owner.decode())
+
+    def tenants(self, user_ids: list[str]) -> dict[str, str | None]:
+        """Each user's owning tenant (None: never submitted through the HTTP API)."""
+        if not user_ids:
+            return {}
+        with redis_errors():
+            found = self.redis.mget([self._key(u, "tenant") for u in user_ids])
+        return {
+            u: t.decode() if t is not None else None for u, t in zip(user_ids, found, strict=True)
+        }
 
     def admit(self, user_id: str, sha256: str, job_id: str) -> Admission:
         """May this photo be scored now? Reserves the user's cooldown slot for it."""
@@ -263,7 +284,8 @@ class UserRecords:
     def forget(self, user_id: str) -> tuple[list[str], list[str], int]:
         """Delete every record of the user. Returns (job ids, image hashes in flight, number
         of keys deleted). Call :meth:`mark_erased` first."""
-        keys = [self._key(user_id, w) for w in ("cooldown", "result", "jobs", "images")]
+        kinds = ("cooldown", "result", "jobs", "images", "tenant")
+        keys = [self._key(user_id, w) for w in kinds]
         with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
             pipe.smembers(keys[2])
             pipe.smembers(keys[3])

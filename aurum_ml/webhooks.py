@@ -101,6 +101,7 @@ class Delivery:
     attempts: int
     last_status: int | str | None  # an HTTP status, or "timeout" / "connection_error"
     final: bool  # delivered, refused for good, or out of time
+    tenant: str | None = None  # the submitter's tenant: matches are limited to its users
 
     def public(self) -> dict[str, Any]:
         """What the job's submitter sees: delivered or not, and how many POSTs left —
@@ -119,11 +120,12 @@ class HookRecords:
     def _key(job_id: str) -> str:
         return f"aurum:hook:{job_id}"
 
-    def register(self, job_id: str, url: str) -> None:
+    def register(self, job_id: str, url: str, tenant: str | None = None) -> None:
+        record: dict[str, Any] = {"url": url, "attempts": 0, "created": time.time()}
+        if tenant is not None:
+            record["tenant"] = tenant
         with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                self._key(job_id), mapping={"url": url, "attempts": 0, "created": time.time()}
-            )
+            pipe.hset(self._key(job_id), mapping=record)
             pipe.expire(self._key(job_id), self.keep_s)
             pipe.execute()
 
@@ -150,6 +152,7 @@ class HookRecords:
             attempts=int(raw.get("attempts", 0)),
             last_status=status,
             final=raw.get("final") == "1",
+            tenant=raw.get("tenant"),
         )
 
     def started(self, job_id: str) -> float:

@@ -28,6 +28,7 @@ import os
 import secrets
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -40,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aurum_ml import __version__
 from aurum_ml.errors import AurumError, ConfigError, InvalidRequest
+from aurum_ml.queries import for_tenant
 from aurum_ml.schemas import ServiceErrorBody, check_user_id
 from aurum_ml.services.app import BodyLimit, json_error, json_errors
 from aurum_ml.settings import Settings, get_settings
@@ -50,6 +52,7 @@ __all__ = ["ApiError", "create_app"]
 
 log = logging.getLogger("aurum_ml.api")
 
+NOT_YOURS = "no such user for this key"
 MAX_WAIT_S = 30
 QUERY_TIMEOUT_S = 30
 ANONYMOUS = "local"
@@ -117,11 +120,29 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 # --- the parts a request needs --------------------------------------------------------------------
-def _key_name(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> str:
-    """The name of the caller's key (every key is compared: no early exit)."""
-    table: dict[str, str] = request.app.state.settings.api_key_table
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: the key's name, its tenant (the name's part before ``/``:
+    ``miniapp/web`` and ``miniapp/ios`` share the tenant ``miniapp``) and whether it is an
+    operator's key (``AURUM_API_ADMIN_KEYS``: rights over every tenant's users)."""
+
+    key: str
+    tenant: str
+    admin: bool
+
+    @property
+    def scope(self) -> str | None:
+        """The tenant whose users this caller sees; None: every user."""
+        return None if self.admin else self.tenant
+
+
+def _caller(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> Caller:
+    """The caller's key (every key is compared: no early exit). Without keys (loopback
+    only) the one caller is an operator."""
+    settings: Settings = request.app.state.settings
+    table = settings.api_key_table
     if not table:
-        return ANONYMOUS
+        return Caller(ANONYMOUS, ANONYMOUS, admin=True)
     given = (x_api_key or "").encode()
     found = None
     for name, key in table.items():
@@ -129,31 +150,40 @@ def _key_name(request: Request, x_api_key: Annotated[str | None, Header()] = Non
             found = name
     if found is None:
         raise ApiError(401, "unauthorized", "a valid X-API-Key header is required")
-    return found
+    return Caller(found, found.partition("/")[0], found in settings.api_admin_key_names)
 
 
-KeyName = Annotated[str, Depends(_key_name)]
+def _limited(bucket: Literal["score", "erase", "read"]) -> Any:
+    """A dependency: the caller, once its key is under the bucket's rate limit (429 with
+    Retry-After otherwise). Submissions and erasures count against AURUM_API_RATE_LIMIT,
+    each in a bucket of its own; reads against AURUM_API_READ_RATE_LIMIT."""
 
-
-def _rate_limited(request: Request, key: KeyName) -> str:
-    limiter, item = request.app.state.limiter, request.app.state.limit
-    try:
-        allowed = limiter.hit(item, "score", key)
+    def limited(request: Request, caller: Annotated[Caller, Depends(_caller)]) -> Caller:
+        limiter, item = request.app.state.limiter, request.app.state.limits[bucket]
+        try:
+            allowed = limiter.hit(item, bucket, caller.key)
+            if not allowed:
+                reset = limiter.get_window_stats(item, bucket, caller.key).reset_time
+        except Exception as exc:  # noqa: BLE001 - the limiter's storage is Redis
+            raise ApiError(
+                503, "unavailable", f"rate limiter unavailable: {type(exc).__name__}"
+            ) from None
         if not allowed:
-            reset = limiter.get_window_stats(item, "score", key).reset_time
-    except Exception as exc:  # noqa: BLE001 - the limiter's storage is Redis
-        raise ApiError(
-            503, "unavailable", f"rate limiter unavailable: {type(exc).__name__}"
-        ) from None
-    if not allowed:
-        wait = max(1, math.ceil(reset - time.time()))
-        raise ApiError(
-            429,
-            "rate_limited",
-            f"over {request.app.state.settings.api_rate_limit} for this key; retry in {wait} s",
-            headers={"Retry-After": str(wait)},
-        )
-    return key
+            wait = max(1, math.ceil(reset - time.time()))
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"over {item} ({bucket}) for this key; retry in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+        return caller
+
+    return limited
+
+
+Submitter = Annotated[Caller, Depends(_limited("score"))]
+Reader = Annotated[Caller, Depends(_limited("read"))]
+Eraser = Annotated[Caller, Depends(_limited("erase"))]
 
 
 def _user(user_id: str) -> str:
@@ -181,14 +211,22 @@ def _failure(result: AsyncResult) -> ServiceErrorBody:
     return ServiceErrorBody(error="failed", message=str(exc))
 
 
-def _view(request: Request, job_id: str, hooks: HookRecords | None = None) -> JobView:
+def status_url(settings: Settings, job_id: str) -> str:
+    """The job's URL: under AURUM_API_PUBLIC_URL, or relative — never built from the
+    request's Host header (which the client chooses)."""
+    return f"{settings.api_public_url or ''}/v1/jobs/{job_id}"
+
+
+def _view(
+    request: Request, job_id: str, caller: Caller, hooks: HookRecords | None = None
+) -> JobView:
     result = AsyncResult(job_id, app=request.app.state.celery)
     state = _state_of(result)
     view = JobView(
-        job_id=job_id, state=state, status_url=str(request.url_for("job", job_id=job_id))
+        job_id=job_id, state=state, status_url=status_url(request.app.state.settings, job_id)
     )
     if state == "done":
-        view.result = result.result
+        view.result = for_tenant(request.app.state.runtime, result.result, caller.scope)
     elif state == "failed":
         view.error = _failure(result)
     if hooks is not None:
@@ -287,6 +325,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from aurum_ml.runtime import get_runtime
 
     runtime = get_runtime()
+    users = runtime.users
     log.setLevel(logging.INFO)  # the request log (route templates only)
     if not logging.getLogger().handlers and not log.handlers:  # under uvicorn: nobody prints
         handler = logging.StreamHandler()
@@ -300,7 +339,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.celery = celery
-    app.state.limit = parse(settings.api_rate_limit)
+    app.state.runtime = runtime
+    app.state.limits = {
+        "score": parse(settings.api_rate_limit),
+        "erase": parse(settings.api_rate_limit),
+        "read": parse(settings.api_read_rate_limit),
+    }
     app.state.limiter = MovingWindowRateLimiter(
         RedisStorage(settings.state_url or "", key_prefix="aurum:ratelimit")
     )
@@ -372,7 +416,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     async def submit(
         request: Request,
-        key: Annotated[str, Depends(_rate_limited)],
+        caller: Submitter,
         wait: Annotated[float, Query(ge=0, le=MAX_WAIT_S, description="seconds to wait")] = 0,
     ) -> JSONResponse:
         """Submit a photo. 202 with the job; with ``wait``, 200 with the outcome if the job
@@ -385,20 +429,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except InvalidRequest as exc:
             raise ApiError(422, exc.reason, exc.message) from None
         job_id = str(uuid.uuid4())
-        await anyio.to_thread.run_sync(publish, job_id, key, body, callback)
+        await anyio.to_thread.run_sync(publish, job_id, caller, body, callback)
         if wait:
-            view = await _wait_for(request, job_id, wait)
+            view = await _wait_for(request, job_id, caller, wait)
             if view.state in ("done", "failed"):
                 return JSONResponse(view.model_dump(mode="json"), 200)
-        view = await anyio.to_thread.run_sync(_view, request, job_id)
+        view = await anyio.to_thread.run_sync(_view, request, job_id, caller)
         return JSONResponse(view.model_dump(mode="json"), 202)
 
-    def publish(job_id: str, key: str, body: ScoreBody, callback: str | None) -> None:
-        """Record the job for its key (and its webhook), then publish score_face — the
-        records first, so neither the job's owner nor its end can be missed."""
-        owners.issue(job_id, key, "score")
+    def publish(job_id: str, caller: Caller, body: ScoreBody, callback: str | None) -> None:
+        """The user is the caller's tenant's (claimed now if nobody's); record the job for
+        its key (and its webhook), then publish score_face — the records first, so neither
+        the job's owner nor its end can be missed."""
+        if users.claim(body.user_id, caller.tenant) != caller.tenant and not caller.admin:
+            raise ApiError(404, "not_found", NOT_YOURS)
+        owners.issue(job_id, caller.key, "score")
         if callback:
-            hooks.register(job_id, callback)
+            hooks.register(job_id, callback, caller.scope)
         kwargs = {"user_id": body.user_id, "allow_multiple_faces": body.allow_multiple_faces}
         try:
             tasks.score_face.apply_async(
@@ -413,75 +460,86 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             hooks.drop([job_id])
             raise ApiError(503, "unavailable", f"broker unreachable: {exc}") from None
 
-    async def _wait_for(request: Request, job_id: str, wait: float) -> JobView:
+    async def _wait_for(request: Request, job_id: str, caller: Caller, wait: float) -> JobView:
         """Poll the result backend: every 10 ms for the first half second (a job takes
         60–300 ms: a coarser poll would add most of its own pause to the answer), then
         backing off to every 250 ms."""
         started = time.monotonic()
         deadline, pause = started + wait, 0.01
         while True:
-            view = await anyio.to_thread.run_sync(_view, request, job_id)
+            view = await anyio.to_thread.run_sync(_view, request, job_id, caller)
             if view.state in ("done", "failed") or time.monotonic() >= deadline:
                 return view
             await anyio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
             if time.monotonic() - started > 0.5:
                 pause = min(pause * 1.5, 0.25)
 
+    def owned(caller: Caller, user_id: str) -> str:
+        """The user id, if the caller's tenant owns that user (an operator's key: any
+        user); 404 otherwise — the same answer as for a user nobody submitted."""
+        user_id = _user(user_id)
+        if caller.scope is not None and users.tenants([user_id])[user_id] != caller.scope:
+            raise ApiError(404, "not_found", NOT_YOURS)
+        return user_id
+
     @app.get("/v1/jobs/{job_id}", name="job", response_model=JobView)
-    def job(request: Request, job_id: str, key: KeyName) -> JobView:
+    def job(request: Request, job_id: str, caller: Reader) -> JobView:
         """A job submitted with this key: queued, running, done (with its result) or failed
         (with the error), and its webhook's delivery."""
         owner = owners.owner(job_id)
-        if owner is None or owner[1] != key:
+        if owner is None or owner[1] != caller.key:
             raise ApiError(404, "not_found", "no such job for this key")
-        return _view(request, job_id, hooks)
+        return _view(request, job_id, caller, hooks)
 
     @app.get("/v1/users/{user_id}/score")
-    def user_score(request: Request, user_id: str, key: KeyName) -> dict[str, Any]:
+    def user_score(request: Request, user_id: str, caller: Reader) -> dict[str, Any]:
         """The user's latest result, score and rank as they stand now."""
-        out = _query(request, tasks.get_score, _user(user_id))
+        out = _query(request, tasks.get_score, owned(caller, user_id))
         if out is None:
             raise ApiError(404, "not_found", "no stored face for this user")
-        return dict(out)
+        return dict(for_tenant(runtime, out, caller.scope))
 
     @app.get("/v1/users/{user_id}/similar")
     def user_similar(
         request: Request,
         user_id: str,
-        key: KeyName,
+        caller: Reader,
         k: Annotated[int, Query(ge=1, le=100)] = 10,
     ) -> list[dict[str, Any]]:
-        """The other users whose faces are nearest to the user's latest face."""
-        out = _query(request, tasks.similar, _user(user_id), k)
+        """The other users of this key's tenant whose faces are nearest to the user's
+        latest face."""
+        out = _query(request, tasks.similar, owned(caller, user_id), k, caller.scope)
         if out is None:
             raise ApiError(404, "not_found", "no stored face for this user")
         return list(out)
 
     @app.get("/v1/leaderboard")
     def leaderboard(
-        request: Request, key: KeyName, limit: Annotated[int, Query(ge=1, le=100)] = 10
+        request: Request, caller: Reader, limit: Annotated[int, Query(ge=1, le=100)] = 10
     ) -> list[dict[str, Any]]:
-        """The most typical faces, one per user."""
-        return list(_query(request, tasks.leaderboard, limit))
+        """The most typical faces of this key's tenant, one per user (rank: in the whole
+        population)."""
+        return list(_query(request, tasks.leaderboard, limit, caller.scope))
 
     @app.get("/v1/stats")
-    def stats(request: Request, key: KeyName) -> dict[str, Any]:
-        """Population count, score distribution, top 1/5/10 % thresholds."""
+    def stats(request: Request, caller: Reader) -> dict[str, Any]:
+        """Population count, score distribution, top 1/5/10 % thresholds (aggregates of
+        the whole population, which every score is placed in; no user's data)."""
         return dict(_query(request, tasks.stats))
 
     @app.delete("/v1/users/{user_id}", status_code=202, response_model=JobView)
-    def forget(request: Request, user_id: str, key: KeyName) -> JSONResponse:
-        """Erase everything held about the user: 202 with a job, done when erased."""
+    def forget(request: Request, user_id: str, caller: Eraser) -> JSONResponse:
+        """Erase everything held about a user of this key's tenant: 202 with a job, done
+        when erased."""
+        user_id = owned(caller, user_id)
         job_id = str(uuid.uuid4())
-        owners.issue(job_id, key, "forget")
+        owners.issue(job_id, caller.key, "forget")
         try:
-            tasks.forget_user.apply_async(
-                (_user(user_id),), task_id=job_id, retry_policy=PUBLISH_RETRY
-            )
+            tasks.forget_user.apply_async((user_id,), task_id=job_id, retry_policy=PUBLISH_RETRY)
         except KombuOperationalError as exc:
             owners.drop(job_id)
             raise ApiError(503, "unavailable", f"broker unreachable: {exc}") from None
-        return JSONResponse(_view(request, job_id).model_dump(mode="json"), 202)
+        return JSONResponse(_view(request, job_id, caller).model_dump(mode="json"), 202)
 
     @app.get("/healthz", include_in_schema=True)
     def healthz() -> dict[str, str]:

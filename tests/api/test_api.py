@@ -26,8 +26,10 @@ import chaos  # noqa: E402
 
 KEYS = {
     "miniapp": "k-miniapp-0123456789abcdef",
+    "miniapp/ios": "k-miniapp-ios-0123456789abcdef",  # the same tenant: miniapp
     "other": "k-other-0123456789abcdef",
     "flood": "k-flood-0123456789abcdef",
+    "ops": "k-ops-0123456789abcdef",  # an operator's key (AURUM_API_ADMIN_KEYS)
 }
 SECRET = os.environ["AURUM_WEBHOOK_SECRET"]
 TIMEOUT = 90
@@ -61,6 +63,8 @@ def api(pipeline_worker, tmp_path_factory) -> Iterator[str]:
         os.environ,
         AURUM_API_KEYS=",".join(f"{n}:{k}" for n, k in KEYS.items()),
         AURUM_API_RATE_LIMIT="20/minute",
+        AURUM_API_READ_RATE_LIMIT="300/minute",
+        AURUM_API_ADMIN_KEYS="ops",
     )
     process, url = _serve_api(env, tmp_path_factory.mktemp("api") / "api.log")
     yield url
@@ -75,7 +79,7 @@ def _h(name: str = "miniapp") -> dict[str, str]:
 def _poll(url: str, status_url: str, key: str = "miniapp") -> dict:
     deadline = time.monotonic() + TIMEOUT
     while True:
-        view = requests.get(status_url, headers=_h(key), timeout=10).json()
+        view = requests.get(url + status_url, headers=_h(key), timeout=10).json()
         if view["state"] in ("done", "failed"):
             return view
         assert time.monotonic() < deadline, view
@@ -92,7 +96,10 @@ def test_submit_poll_result(api, photos):
     )
     assert r.status_code == 202, r.text
     job = r.json()
-    assert job["state"] in ("queued", "running") and job["status_url"].endswith(job["job_id"])
+    # relative: never built from the request's Host header (#24)
+    assert (
+        job["state"] in ("queued", "running") and job["status_url"] == f"/v1/jobs/{job['job_id']}"
+    )
     view = _poll(api, job["status_url"])
     assert view["state"] == "done" and view["result"]["status"] == "scored"
     assert view["result"]["user_id"] == "u-api-1" and view["result"]["job_id"] == job["job_id"]
@@ -162,7 +169,7 @@ def test_keys_owners_and_limits(api, photos):
         timeout=30,
     )
     mine = r.json()["status_url"]
-    assert requests.get(mine, headers=_h("other"), timeout=10).status_code == 404
+    assert requests.get(api + mine, headers=_h("other"), timeout=10).status_code == 404
     assert requests.get(f"{api}/v1/jobs/never-issued", headers=_h(), timeout=10).status_code == 404
     assert _poll(api, mine)["state"] == "done"
 
@@ -294,7 +301,7 @@ def test_queries_and_forget_via_delete_leave_nothing(api, photos, runtime, redis
 
     assert app.AsyncResult(scored["job_id"]).state == "PENDING"  # its result is forgotten
     # its status URL says so, instead of "queued" for ever
-    erased_job = requests.get(scored["status_url"], headers=_h(), timeout=10)
+    erased_job = requests.get(api + scored["status_url"], headers=_h(), timeout=10)
     assert erased_job.status_code == 404 and erased_job.json()["error"] == "not_found"
     after = requests.get(f"{api}/v1/users/u-api-del/score", headers=_h(), timeout=60)
     assert after.status_code == 404 and after.json()["error"] == "not_found"
@@ -362,3 +369,68 @@ def test_the_api_refuses_a_public_address_without_keys():
         timeout=60,
     )
     assert out.returncode == 1 and "without keys" in out.stderr
+
+
+def test_a_key_sees_and_erases_only_its_tenants_users(api, photos):
+    """#24: users are scoped to the tenant that submitted them; another tenant's key gets
+    404 — read, similar, erase and submit alike — and never sees them in a leaderboard,
+    a similar list or a match; an operator's key (AURUM_API_ADMIN_KEYS) sees every user."""
+    image = b64((photos / "obama2.jpg").read_bytes())
+    r = requests.post(
+        f"{api}/v1/score?wait=30",
+        json={"image_base64": image, "user_id": "u-tenant-a"},
+        headers=_h("miniapp"),
+        timeout=60,
+    )
+    assert r.status_code == 200 and r.json()["result"]["status"] == "scored", r.text
+    theirs = requests.post(  # the same person, another tenant's user
+        f"{api}/v1/score?wait=30",
+        json={"image_base64": b64((photos / "obama.jpg").read_bytes()), "user_id": "u-tenant-b"},
+        headers=_h("other"),
+        timeout=60,
+    ).json()
+    assert theirs["result"]["status"] == "scored"
+    assert "u-tenant-a" not in {m["user_id"] for m in theirs["result"]["matches"]}
+
+    for path in ("/v1/users/u-tenant-a/score", "/v1/users/u-tenant-a/similar"):
+        assert requests.get(api + path, headers=_h("other"), timeout=30).status_code == 404
+        assert requests.get(api + path, headers=_h("miniapp/ios"), timeout=30).status_code == 200
+        assert requests.get(api + path, headers=_h("ops"), timeout=30).status_code == 200
+    gone = requests.delete(f"{api}/v1/users/u-tenant-a", headers=_h("other"), timeout=30)
+    assert gone.status_code == 404 and gone.json()["error"] == "not_found"
+    taken = requests.post(
+        f"{api}/v1/score",
+        json={"image_base64": image, "user_id": "u-tenant-a"},
+        headers=_h("other"),
+        timeout=30,
+    )
+    assert taken.status_code == 404
+    near = requests.get(f"{api}/v1/users/u-tenant-b/similar?k=50", headers=_h("other"), timeout=30)
+    assert "u-tenant-a" not in {n["user_id"] for n in near.json()}
+    board = requests.get(f"{api}/v1/leaderboard?limit=100", headers=_h("other"), timeout=30)
+    assert {b["user_id"] for b in board.json()} == {"u-tenant-b"}
+    everyone = requests.get(f"{api}/v1/leaderboard?limit=100", headers=_h("ops"), timeout=30)
+    assert {"u-tenant-a", "u-tenant-b"} <= {b["user_id"] for b in everyone.json()}
+    # the user is still there for its own tenant
+    mine = requests.get(f"{api}/v1/users/u-tenant-a/score", headers=_h("miniapp"), timeout=30)
+    assert mine.status_code == 200 and mine.json()["user_id"] == "u-tenant-a"
+    ops_near = requests.get(f"{api}/v1/users/u-tenant-b/similar", headers=_h("ops"), timeout=30)
+    assert "u-tenant-a" in {n["user_id"] for n in ops_near.json()}
+    for user, key in (("u-tenant-a", "miniapp/ios"), ("u-tenant-b", "other")):
+        erased = requests.delete(f"{api}/v1/users/{user}", headers=_h(key), timeout=30)
+        assert erased.status_code == 202
+        assert _poll(api, erased.json()["status_url"], key)["state"] == "done"
+
+
+def test_reads_and_erasures_are_rate_limited_too(api):
+    answers = [
+        requests.get(f"{api}/v1/jobs/none", headers=_h("flood"), timeout=10).status_code
+        for _ in range(301)
+    ]
+    assert answers[:300] == [404] * 300 and answers[300] == 429
+    erasures = [
+        requests.delete(f"{api}/v1/users/nobody", headers=_h("flood"), timeout=10)
+        for _ in range(21)
+    ]
+    assert [e.status_code for e in erasures[:20]] == [404] * 20
+    assert erasures[20].status_code == 429 and "Retry-After" in erasures[20].headers

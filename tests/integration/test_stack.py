@@ -95,7 +95,7 @@ def test_make_up_runs_the_stack_and_make_down_stops_it(tmp_path, photos):
             lambda: (
                 (
                     v := requests.get(
-                        submitted["status_url"], headers={"X-API-Key": key}, timeout=5
+                        api + submitted["status_url"], headers={"X-API-Key": key}, timeout=5
                     ).json()
                 )["state"]
                 in ("done", "failed")
