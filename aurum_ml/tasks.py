@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,7 @@ import redis
 from celery import Task, chain, states
 from celery.exceptions import Ignore, Reject, Retry
 from celery.utils import uuid
+from celery.worker.request import Request as CeleryRequest
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from aurum_ml import queries, webhooks
@@ -79,13 +81,42 @@ log = logging.getLogger("aurum_ml.tasks")
 _INFRASTRUCTURE_ERRORS = (KombuOperationalError, ConnectionError, OSError, redis.RedisError)
 
 
+class RedactedRequest(CeleryRequest):
+    """The worker's side of a task run, with the events it sends redacted: a result
+    appears in ``task-succeeded`` (what Flower lists and keeps) as its job id, status and
+    reason at most — never a user id, face, vector, score or match (#24)."""
+
+    def send_event(self, type_: str, **fields: Any) -> None:
+        if "result" in fields:
+            fields["result"] = _result_shown(fields["result"])
+        super().send_event(type_, **fields)
+
+
+_SHOWN_ID = re.compile(r"'job_id': '([0-9a-f-]{1,64})'")
+_SHOWN_STATUS = re.compile(r"'status': '([a-z_]{1,32})'")
+_SHOWN_REASON = re.compile(r"'reason': '([a-z_]{1,32})'")
+
+
+def _result_shown(result: Any) -> str:
+    """A task's result as events show it. The worker hands over the result or its repr
+    (the prefork pool sends the repr): only the job id, status and reason are taken from
+    either."""
+    text = result if isinstance(result, str) else repr(result)
+    parts = [f"{name}={m.group(1)}" for name, pattern in (
+        ("job", _SHOWN_ID), ("status", _SHOWN_STATUS), ("reason", _SHOWN_REASON)
+    ) if (m := pattern.search(text))]  # fmt: skip
+    return f"<{' '.join(parts)}>" if parts else f"<{type(result).__name__}>"
+
+
 class PipelineTask(Task):
     """Retry policy, declared once: retryable errors back off exponentially with jitter
     (cap and count from celeryconfig's task_annotations); permanent ones fail at once.
 
-    What a task's arguments show in logs, events and Flower is redacted: a stage's job
-    payload appears as its job id and status, never its user id, face or results."""
+    What a task's arguments and results show in logs, events and Flower is redacted: a
+    stage's job payload appears as its job id and status, never its user id, face or
+    results (:class:`RedactedRequest`)."""
 
+    Request = "aurum_ml.tasks:RedactedRequest"
     autoretry_for = (RetryableError,)
     dont_autoretry_for = (PermanentError,)
     retry_backoff = True

@@ -4,6 +4,7 @@ through Flower and the exporter, then stopped with nothing left listening."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -120,6 +121,14 @@ def test_make_up_runs_the_stack_and_make_down_stops_it(tmp_path, photos):
             "Flower to have seen the job's tasks",
         )
         assert {t["name"] for t in seen.values()} >= {"aurum_ml.detect", "aurum_ml.store"}
+        # #24: task events carry no user id, face, score or match: Flower keeps none
+        shown = json.dumps(seen)
+        assert "u-stack" not in shown and "matches" not in shown and "landmarks" not in shown
+        ended = [t for t in seen.values() if t.get("state") == "SUCCESS"]
+        assert ended and all(str(t.get("result")).startswith("<") for t in ended), ended
+        assert {"<job=" + again_job.json()["job_id"] + " status=scored>"} <= {
+            str(t.get("result")) for t in ended
+        }
         # every metric the alerts and the dashboard read is served, live: the exporter,
         # Flower and the API (after a re-rank, so its time and the score quantiles exist)
         rerank = subprocess.run(
