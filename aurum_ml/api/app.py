@@ -38,6 +38,7 @@ from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from kombu.exceptions import OperationalError as KombuOperationalError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from aurum_ml import __version__
 from aurum_ml.errors import AurumError, ConfigError, InvalidRequest
@@ -250,11 +251,25 @@ def _query(request: Request, task: Any, *args: Any) -> Any:
         result.forget()
 
 
+async def _form_in_memory(request: Request) -> Any:
+    """The multipart form, every part in memory: Starlette spools a file part over 1 MB to
+    a temporary file, and a photo must never touch the disk. The body is capped before it
+    is read (BodyLimit), so a part can never outgrow the spool's in-memory size."""
+    parser = MultiPartParser(
+        request.headers, request.stream(), max_files=1, max_fields=8, max_part_size=4096
+    )
+    parser.spool_max_size = request.app.state.body_cap + 1  # never rolled over to disk
+    try:
+        return await parser.parse()
+    except MultiPartException as exc:
+        raise ApiError(422, "invalid_request", f"multipart body: {exc.message}") from None
+
+
 async def _score_request(request: Request) -> tuple[ScoreBody, bool]:
     """The body as JSON or multipart; (fields, was multipart)."""
     kind = request.headers.get("content-type", "")
     if kind.startswith("multipart/form-data"):
-        form = await request.form()
+        form = await _form_in_memory(request)
         upload = form.get("image")
         if upload is None or isinstance(upload, str):
             raise ApiError(422, "invalid_request", "image: a file part named image is required")
@@ -352,7 +367,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     hooks = HookRecords(runtime.state.redis, settings.result_expires_s)
     app.state.owners, app.state.hooks = owners, hooks
     # the largest legal body: the base64 of the largest image, plus the JSON around it
-    app.add_middleware(BodyLimit, max_bytes=(settings.image_max_bytes + 2) // 3 * 4 + 65536)
+    app.state.body_cap = (settings.image_max_bytes + 2) // 3 * 4 + 65536
+    app.add_middleware(BodyLimit, max_bytes=app.state.body_cap)
 
     # this process's requests, for Prometheus (GET /metrics): route templates, never ids
     from prometheus_client import CollectorRegistry, Counter, Histogram

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +34,7 @@ KEYS = {
 }
 SECRET = os.environ["AURUM_WEBHOOK_SECRET"]
 TIMEOUT = 90
+API_PROCESS: dict[str, subprocess.Popen] = {}  # the module's API server, by its URL
 
 
 def _serve_api(env: dict[str, str], log_path, *options: str) -> tuple[subprocess.Popen, str]:
@@ -67,6 +69,7 @@ def api(pipeline_worker, tmp_path_factory) -> Iterator[str]:
         AURUM_API_ADMIN_KEYS="ops",
     )
     process, url = _serve_api(env, tmp_path_factory.mktemp("api") / "api.log")
+    API_PROCESS[url] = process
     yield url
     process.terminate()
     process.wait(20)
@@ -434,3 +437,44 @@ def test_reads_and_erasures_are_rate_limited_too(api):
     ]
     assert [e.status_code for e in erasures[:20]] == [404] * 20
     assert erasures[20].status_code == 429 and "Retry-After" in erasures[20].headers
+
+
+def _files_open(pid: int) -> list[str]:
+    """What the process's descriptors point at, sockets, pipes and devices left out."""
+    found = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if not target.startswith(("socket:", "pipe:", "anon_inode:", "/dev/")):
+            found.append(target)
+    return found
+
+
+def test_an_upload_is_never_written_to_disk(api):
+    """#24: a multipart part over 1 MB is kept in memory (Starlette spools it to /tmp by
+    default: an unlinked file holding the photo, visible under /proc during the upload)."""
+    pid = API_PROCESS[api].pid
+    before = set(_files_open(pid))
+    part = os.urandom(1_500_000)
+    boundary = b"aurum-boundary-0123"
+    body = (
+        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="user_id"\r\n\r\nu-spool\r\n'
+        b"--" + boundary + b'\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + part + b"\r\n--" + boundary + b"--\r\n"
+    )
+    head = (
+        b"POST /v1/score HTTP/1.1\r\nHost: x\r\nX-API-Key: " + KEYS["miniapp"].encode() +
+        b"\r\nContent-Type: multipart/form-data; boundary=" + boundary +
+        b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )  # fmt: skip
+    port = int(api.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(head + body[:-64])  # all but the end: the parser holds the part now
+        time.sleep(1.0)
+        during = set(_files_open(pid)) - before
+        conn.sendall(body[-64:])
+        reply = conn.recv(4096)
+    assert during == set(), during
+    assert reply.startswith(b"HTTP/1.1 "), reply[:100]
