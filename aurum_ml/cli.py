@@ -684,6 +684,11 @@ def serve_command(service: str, host: str, port: int | None, workers: int, log_l
             folder = tempfile.mkdtemp(prefix="aurum-api-metrics-")
             atexit.register(shutil.rmtree, folder, True)
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    elif not settings.ml_service_token and not _loopback(host):
+        raise click.ClickException(
+            f"refusing to serve the {service} service on {host} without a token: set "
+            "ML_SERVICE_TOKEN (the workers send it as a bearer token) or serve on 127.0.0.1"
+        )
     uvicorn.run(
         _FACTORIES[service],
         factory=True,

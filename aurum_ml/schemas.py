@@ -260,9 +260,18 @@ class DetectResponse(BaseModel):
     processing_time_ms: float
 
 
+# a coordinate sent to a service: px, within what any accepted image can hold
+Coordinate = Annotated[int, Field(ge=-100_000, le=100_000)]
+Point = Annotated[list[Coordinate], Field(min_length=2, max_length=2, description="[x, y] px")]
+
+
 class GivenFace(BaseModel):
-    bounding_box: list[int] = Field(..., min_length=4, max_length=4)
-    landmarks: list[list[int]] = Field(..., min_length=5, max_length=5)
+    model_config = ConfigDict(extra="forbid")
+
+    bounding_box: list[Coordinate] = Field(
+        ..., min_length=4, max_length=4, description="[x1, y1, x2, y2] px"
+    )
+    landmarks: list[Point] = Field(..., min_length=5, max_length=5)
 
 
 class ExtractRequest(BaseModel):

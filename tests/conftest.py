@@ -47,6 +47,7 @@ os.environ.update(
         # webhooks (the API's tests): a loopback receiver, a test secret
         "AURUM_WEBHOOK_SECRET": "test-webhook-secret",
         "AURUM_WEBHOOK_ALLOWED_HOSTS": f"127.0.0.1:{WEBHOOK_RECEIVER_PORT}",
+        "AURUM_TEST_WEBHOOK_PORT": str(WEBHOOK_RECEIVER_PORT),
         "WEBHOOK_RETRY_FOR": "60",
     }
 )

@@ -288,7 +288,7 @@ async def _score_request(request: Request) -> tuple[ScoreBody, bool]:
     else:
         try:
             fields = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested ~1000 deep
             raise ApiError(
                 422, "invalid_request", "the body is not JSON (or use multipart)"
             ) from None

@@ -114,6 +114,7 @@ def json_error(
     return JSONResponse(body, status, headers=headers)
 
 
+_UNPARSABLE = "There was an error parsing the body"  # FastAPI's words: JSON it could not read
 PUBLIC_PATHS = ("/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 
 
@@ -199,6 +200,10 @@ def json_errors(app: FastAPI, logger: logging.Logger) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == _UNPARSABLE:  # FastAPI's body parser
+            return json_error(
+                422, "invalid_request", "the body is not valid JSON (or nests too deep)"
+            )
         code = {413: "image_too_large", 404: "not_found", 405: "method_not_allowed"}
         return json_error(exc.status_code, code.get(exc.status_code, "http_error"), str(exc.detail))
 

@@ -19,7 +19,6 @@ import requests
 
 from aurum_ml.webhooks import SIGNATURE_HEADER, verify
 
-from conftest import WEBHOOK_RECEIVER_PORT
 from samples import b64, raw_reply
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -34,6 +33,8 @@ KEYS = {
 }
 SECRET = os.environ["AURUM_WEBHOOK_SECRET"]
 TIMEOUT = 90
+# the one receiver port the tests' allow-list names (tests/conftest.py)
+WEBHOOK_RECEIVER_PORT = int(os.environ["AURUM_TEST_WEBHOOK_PORT"])
 API_PROCESS: dict[str, subprocess.Popen] = {}  # the module's API server, by its URL
 
 
@@ -154,6 +155,9 @@ def test_bad_input_is_a_typed_answer(api, photos):
         assert r.status_code == 422, (body, r.text)
         assert r.json()["error"] == "invalid_request" and mentioned in r.json()["message"]
     r = requests.post(f"{api}/v1/score", data=b"{not json", headers=_h("other"), timeout=10)
+    assert r.status_code == 422 and r.json()["error"] == "invalid_request"
+    deep = b"[" * 5000 + b"]" * 5000  # a 500 before #24 (RecursionError)
+    r = requests.post(f"{api}/v1/score", data=deep, headers=_h("other"), timeout=10)
     assert r.status_code == 422 and r.json()["error"] == "invalid_request"
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from urllib.parse import urlparse
 
 import numpy as np
@@ -91,6 +94,46 @@ def test_bad_requests_get_json_errors(body, status, error, detection_url, embedd
         answer = _post(url, path, body, auth)
         assert answer.status_code == status, (path, answer.text)
         assert answer.json()["error"] == error and answer.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "landmarks",
+    [
+        [[1], [2], [3], [4], [5]],  # IndexError in the service before #24
+        [[1e30, 1], [2, 2], [3, 3], [4, 4], [5, 5]],  # TypeError before #24
+        [[1, 2, 3], [2, 2], [3, 3], [4, 4], [5, 5]],
+        [[-1e9, 1], [2, 2], [3, 3], [4, 4], [5, 5]],
+    ],
+    ids=["short-points", "huge", "three-coordinates", "far-negative"],
+)
+def test_malformed_landmarks_are_a_422(landmarks, embedding_url, auth, photos):
+    face = {"bounding_box": [0, 0, 100, 100], "landmarks": landmarks}
+    image = b64((photos / "obama.jpg").read_bytes())
+    answer = _post(embedding_url, "/extract", {"image_base64": image, "face": face}, auth)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"] == "invalid_request"
+
+
+def test_json_nested_too_deep_is_a_422(detection_url, embedding_url, auth):
+    deep = b"[" * 5000 + b"]" * 5000
+    for url, path in ((detection_url, "/detect"), (embedding_url, "/extract")):
+        answer = requests.post(
+            f"{url}{path}",
+            data=deep,
+            headers=auth | {"Content-Type": "application/json"},
+            timeout=10,
+        )
+        assert answer.status_code == 422 and answer.json()["error"] == "invalid_request", path
+
+
+def test_a_service_refuses_a_public_address_without_a_token():
+    env = {k: v for k, v in os.environ.items() if k != "ML_SERVICE_TOKEN"}
+    for service in ("detection", "embedding"):
+        out = subprocess.run(
+            [sys.executable, "-m", "aurum_ml.cli", "serve", service, "--host", "0.0.0.0"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 1 and "without a token" in out.stderr, out.stderr
 
 
 def test_not_json_is_a_422(detection_url, auth):
