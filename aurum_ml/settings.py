@@ -57,6 +57,9 @@ class Settings(BaseSettings):
         24_000_000, gt=0, validation_alias="IMAGE_MAX_PIXELS_FULL_DECODE"
     )
     image_min_side: int = Field(64, ge=1, validation_alias="IMAGE_MIN_SIDE")
+    # what decoding one image may take at its peak (aurum_ml.imaging.ImageInfo.decode_bytes):
+    # an image that would take more is refused from its header as image_too_large
+    image_decode_budget_mb: int = Field(110, ge=16, validation_alias="IMAGE_DECODE_BUDGET_MB")
     image_ttl_s: int = Field(3600, ge=60, validation_alias="IMAGE_TTL_SECONDS")
 
     # --- detection ------------------------------------------------------------------------
@@ -265,6 +268,10 @@ class Settings(BaseSettings):
     def state_url(self) -> str | None:
         """Redis URL for pipeline state, or None for the in-process store (embedded)."""
         return self.redis_url or self.broker_url
+
+    @property
+    def image_decode_budget_bytes(self) -> int:
+        return self.image_decode_budget_mb * 1_000_000
 
     @property
     def cooldown_s(self) -> int:

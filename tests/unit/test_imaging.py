@@ -135,3 +135,31 @@ def test_transparency_is_flattened_on_white(limits):
     half = io.BytesIO()
     PILImage.new("RGBA", (80, 80), (0, 0, 0, 128)).save(half, format="PNG")
     assert abs(int(decode_image(half.getvalue(), limits)[0, 0, 0]) - 127) <= 1
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("kind", ["RGBA-PNG", "RGB-PNG", "RGB-JPEG", "RGBA-WEBP"])
+def test_exif_orientation_is_applied_to_every_format(kind, orientation):
+    """#24: an RGBA PNG rotated by EXIF was scored as stored (no_face); every format
+    now turns upright the way Pillow's exif_transpose does."""
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(orientation)
+    base = rng.integers(0, 255, (90, 160, 3), dtype=np.uint8)
+    base[:30, :50] = (255, 0, 0)  # a corner to tell the turns apart
+    mode, fmt = kind.split("-")
+    image = Image.fromarray(base).convert(mode)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    image.save(
+        buf,
+        fmt,
+        exif=exif,
+        **({"quality": 95} if fmt == "JPEG" else {"lossless": True} if fmt == "WEBP" else {}),
+    )
+    data = buf.getvalue()
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    got = decode_image(data, Settings(IMAGE_MIN_SIDE=16))
+    assert got.shape == expected.shape
+    assert np.abs(got.astype(int) - expected.astype(int)).mean() < 2.0
