@@ -146,6 +146,11 @@ class PipelineTask(Task):
             _stage_ran(stage, job.get("job_id"), seconds, outcome, source)
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        if options.get("serializer", "json") != "json":  # workers accept JSON only
+            raise InvalidRequest(
+                f"{self.name} is sent as JSON only (serializer={options['serializer']!r} "
+                "would be refused by every worker, and its result never come)"
+            )
         if args:
             options.setdefault("argsrepr", repr(tuple(_shown(a) for a in args)))
         if kwargs:
@@ -191,7 +196,16 @@ class IntakeTask(PipelineTask):
     of logs, events and Flower."""
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        if options.get("serializer", "json") != "json":
+            raise InvalidRequest(
+                f"score_face is sent as JSON only (serializer={options['serializer']!r} would "
+                "be refused by every worker, and its result never come)"
+            )
         request = check_score_request(args, kwargs, get_settings())
+        if options.get("ledger", True) and staged_sha256(request.image_base64) is not None:
+            raise InvalidRequest(  # only the sweep sends a reference again, for its own job
+                "image_b64 must be the image itself in base64, not a stored-image reference"
+            )
         args = tuple(args or ())
         kwargs = dict(kwargs or {})
         shown_args = [_REDACTED.get(PARAMETERS[i], a) for i, a in enumerate(args)]
@@ -395,21 +409,21 @@ def _rejection(job_id: str, user_id: str, exc: BadInput, **fields: Any) -> dict[
 
 
 @app.task(bind=True, base=IntakeTask, name="aurum_ml.score_face")
-def score_face(
-    self: Task, image_b64: str, user_id: str, allow_multiple_faces: bool | None = None
-) -> Any:
-    """Score the face in a base64 image for ``user_id``. See the module docstring."""
+def score_face(self: Task, *args: Any, **kwargs: Any) -> Any:
+    """``score_face(image_b64, user_id, allow_multiple_faces=None)``: score the face in a
+    base64 image for ``user_id``. See the module docstring. The arguments are taken as
+    given and checked here (a message may have been published by other means, with
+    arguments missing, extra or of the wrong type): a ``rejected`` result with reason
+    ``invalid_request``, never a TypeError."""
     runtime = get_runtime()
     job_id = self.request.id
-    given = {
-        "image_b64": image_b64,
-        "user_id": user_id,
-        "allow_multiple_faces": allow_multiple_faces,
-    }
-    try:  # checked again here: a message may have been published by other means
-        request = check_score_request((), given, runtime.settings)
+    try:
+        request = check_score_request(args, kwargs, runtime.settings)
     except InvalidRequest as exc:
-        return _rejection(job_id, user_id if _valid_user_id(user_id) else "", exc)
+        given = dict(zip(PARAMETERS, args, strict=False)) | kwargs
+        user = given.get("user_id")
+        return _rejection(job_id, str(user) if _valid_user_id(user) else "", exc)
+    user_id = request.user_id
     staged = staged_sha256(request.image_base64)  # the caller stored the image
 
     def let_go(answer: Any) -> Any:  # an answer without the chain: the image is not needed

@@ -149,6 +149,7 @@ def test_bad_input_is_a_typed_answer(api, photos):
         ({"image_base64": "AAAA", "user_id": ""}, "user_id"),
         ({"image_base64": "AAAA", "user_id": "u", "allow_multiple_faces": "yes"}, "allow"),
         ({"image_base64": "AAAA", "user_id": "u", "surprise": 1}, "surprise"),
+        ({"image_base64": "aurum-image:sha256:" + "ab" * 32, "user_id": "u"}, "reference"),
     ]
     for body, mentioned in cases:
         r = requests.post(f"{api}/v1/score", json=body, headers=_h("other"), timeout=10)

@@ -111,6 +111,46 @@ def test_a_message_published_by_other_means_is_rejected_by_the_worker(
     assert runtime.vectors.user_points("u-raw") == []
 
 
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ((), {}),  # nothing at all
+        (("AAAA",), {}),  # no user id
+        (("AAAA", "u-raw", None, "extra"), {}),  # one argument too many
+        (("AAAA",), {"user_id": "u-raw", "surprise": 1}),  # an unknown keyword
+        (("AAAA", "u-raw"), {"user_id": "u-raw"}),  # user_id twice
+    ],
+    ids=["empty", "missing", "extra-positional", "extra-keyword", "twice"],
+)
+def test_a_hand_made_message_with_wrong_arguments_is_a_typed_rejection(
+    args, kwargs, pipeline_worker
+):
+    """#24: a TypeError before (Celery calls the function with what the message holds)."""
+    out = app.send_task("aurum_ml.score_face", args=args, kwargs=kwargs).get(timeout=TIMEOUT)
+    assert (out["status"], out["reason"]) == ("rejected", "invalid_request"), out
+    assert out["message"]
+
+
+def test_a_stored_image_reference_is_refused_at_the_door(photos, published):
+    """#24: a reference sent as the image (through the API, or by a caller) failed the job
+    later with ImageExpired; it is an invalid_request in the caller now."""
+    with pytest.raises(InvalidRequest, match="stored-image reference") as refused:
+        score_face.delay("aurum-image:sha256:" + "ab" * 32, user_id="u-ref")
+    assert refused.value.reason == "invalid_request" and published == []
+
+
+def test_a_serializer_other_than_json_is_refused_in_the_caller(photos, published):
+    """#24: published with pickle, the worker refused it and .get() hung for ever."""
+    image = b64((photos / "obama.jpg").read_bytes())
+    with pytest.raises(InvalidRequest, match="JSON only"):
+        score_face.apply_async((image,), {"user_id": "u-pickle"}, serializer="pickle")
+    from aurum_ml.tasks import stats
+
+    with pytest.raises(InvalidRequest, match="JSON only"):
+        stats.apply_async(serializer="pickle")
+    assert published == []
+
+
 def test_the_caller_check_and_the_worker_check_are_one_schema(photos):
     from aurum_ml.intake import check_score_request
     from aurum_ml.schemas import ScoreRequest
