@@ -664,7 +664,7 @@ def _loopback(host: str) -> bool:
 @click.option("--log-level", default="info", show_default=True)
 def serve_command(service: str, host: str, port: int | None, workers: int, log_level: str) -> None:
     """Run the HTTP API (api) or an ML service (detection, embedding) with uvicorn."""
-    import uvicorn
+    from aurum_ml import serving
 
     settings = _settings()
     if service == "api":
@@ -689,9 +689,8 @@ def serve_command(service: str, host: str, port: int | None, workers: int, log_l
             f"refusing to serve the {service} service on {host} without a token: set "
             "ML_SERVICE_TOKEN (the workers send it as a bearer token) or serve on 127.0.0.1"
         )
-    uvicorn.run(
+    serving.run(  # with header, body and keep-alive timeouts and a connection cap
         _FACTORIES[service],
-        factory=True,
         host=host,
         port=port or _SERVICES[service],
         workers=workers,

@@ -144,6 +144,16 @@ class Settings(BaseSettings):
         "local", validation_alias="FALLBACK_BACKEND"
     )
 
+    # --- every HTTP server we ship (aurum_ml.serving) ----------------------------------------
+    http_header_timeout_s: float = Field(10.0, gt=0, le=300, validation_alias="HTTP_HEADER_TIMEOUT")
+    http_body_timeout_s: float = Field(60.0, gt=0, le=3600, validation_alias="HTTP_BODY_TIMEOUT")
+    http_keepalive_timeout_s: int = Field(
+        5, ge=1, le=300, validation_alias="HTTP_KEEPALIVE_TIMEOUT"
+    )
+    http_max_connections: int = Field(
+        200, ge=1, le=100_000, validation_alias="HTTP_MAX_CONNECTIONS"
+    )
+
     # --- HTTP API and webhooks (aurum-ml serve api) -----------------------------------------
     api_keys: str | None = Field(None, validation_alias="AURUM_API_KEYS")
     api_rate_limit: str = Field("10/minute", validation_alias="AURUM_API_RATE_LIMIT")

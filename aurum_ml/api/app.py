@@ -368,7 +368,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.owners, app.state.hooks = owners, hooks
     # the largest legal body: the base64 of the largest image, plus the JSON around it
     app.state.body_cap = (settings.image_max_bytes + 2) // 3 * 4 + 65536
-    app.add_middleware(BodyLimit, max_bytes=app.state.body_cap)
+    app.add_middleware(
+        BodyLimit, max_bytes=app.state.body_cap, timeout_s=settings.http_body_timeout_s
+    )
 
     # this process's requests, for Prometheus (GET /metrics): route templates, never ids
     from prometheus_client import CollectorRegistry, Counter, Histogram

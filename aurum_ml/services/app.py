@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
+import anyio
 import cv2
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
@@ -68,13 +69,21 @@ class _BodyTooLarge(HTTPException):
         super().__init__(413, "request body over the size limit")
 
 
+class _BodyTooSlow(HTTPException):
+    def __init__(self) -> None:
+        super().__init__(408, "the request body did not arrive in time")
+
+
 class BodyLimit:
     """ASGI middleware: refuse a body over ``max_bytes`` by its Content-Length, or as soon
-    as that much has been streamed — never read more than the limit."""
+    as that much has been streamed — never read more than the limit; and cut a body that
+    has not arrived ``timeout_s`` after the request head (408: a slow upload holds no
+    worker for ever)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 60.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,14 +94,23 @@ class BodyLimit:
             await self._refuse(send)
             return
         received = 0
+        deadline = anyio.current_time() + self.timeout_s
+
+        body_done = False
 
         async def limited() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # (a wait for the client's disconnect: no deadline)
+                return await receive()
+            with anyio.move_on_after(deadline - anyio.current_time()) as waited:
+                message = await receive()
+            if waited.cancelled_caught:
+                raise _BodyTooSlow
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise _BodyTooLarge
+                body_done = not message.get("more_body", False)
             return message
 
         await self.app(scope, limited, send)
@@ -204,7 +222,12 @@ def json_errors(app: FastAPI, logger: logging.Logger) -> None:
             return json_error(
                 422, "invalid_request", "the body is not valid JSON (or nests too deep)"
             )
-        code = {413: "image_too_large", 404: "not_found", 405: "method_not_allowed"}
+        code = {
+            413: "image_too_large",
+            404: "not_found",
+            405: "method_not_allowed",
+            408: "request_timeout",
+        }
         return json_error(exc.status_code, code.get(exc.status_code, "http_error"), str(exc.detail))
 
     @app.exception_handler(Exception)
@@ -246,7 +269,11 @@ def create_service(
     app.state.ready = threading.Event()
     app.state.started = time.monotonic()
     # the largest legal body: the base64 of the largest image, plus the JSON around it
-    app.add_middleware(BodyLimit, max_bytes=(settings.image_max_bytes + 2) // 3 * 4 + 65536)
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=(settings.image_max_bytes + 2) // 3 * 4 + 65536,
+        timeout_s=settings.http_body_timeout_s,
+    )
     app.add_middleware(TokenGate, token=settings.ml_service_token)  # outermost: runs first
 
     @app.exception_handler(ServiceError)
