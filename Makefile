@@ -78,8 +78,9 @@ up: setup  ## start the whole stack (services, workers, beat, Flower, metrics, A
 	  echo "FACE_EMBEDDING_SERVICE=http://127.0.0.1:$${EMBEDDING_PORT:-8002}"; \
 	  echo "ML_SERVICE_TOKEN=$$($(PYRAND))"; \
 	  echo "FLOWER_BASIC_AUTH=ops:$$($(PYRAND))"; \
-	  echo "AURUM_API_KEYS=local:$$($(PYRAND))"; \
-	  echo "AURUM_WEBHOOK_SECRET=$$($(PYRAND))"; \
+	  echo "AURUM_API_KEYS=$${AURUM_API_KEYS:-local:$$($(PYRAND))}"; \
+	  echo "AURUM_WEBHOOK_SECRET=$${AURUM_WEBHOOK_SECRET:-$$($(PYRAND))}"; \
+	  echo "AURUM_WEBHOOK_ALLOWED_HOSTS=$${AURUM_WEBHOOK_ALLOWED_HOSTS:-127.0.0.1:3000}"; \
 	} > $(STACK)/env && chmod 600 $(STACK)/env
 	@if [ -f $(STACK)/honcho.pid ] && kill -0 $$(cat $(STACK)/honcho.pid) 2>/dev/null; then \
 	  echo "already up (honcho pid $$(cat $(STACK)/honcho.pid)); make down first"; \

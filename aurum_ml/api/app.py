@@ -22,6 +22,7 @@ reads Celery's result backend.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import math
 import os
@@ -251,6 +252,17 @@ def _query(request: Request, task: Any, *args: Any) -> Any:
         result.forget()
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique: ``{"user_id": "a", "user_id": "b"}`` is read
+    as "b" by Python and as "a" by some other parsers — refused rather than guessed."""
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"the key {key!r} appears twice")
+        found[key] = value
+    return found
+
+
 async def _form_in_memory(request: Request) -> Any:
     """The multipart form, every part in memory: Starlette spools a file part over 1 MB to
     a temporary file, and a photo must never touch the disk. The body is capped before it
@@ -285,14 +297,19 @@ async def _score_request(request: Request) -> tuple[ScoreBody, bool]:
                 raise ApiError(422, "invalid_request", "allow_multiple_faces: true or false")
             fields["allow_multiple_faces"] = flag == "true"
         multipart = True
-    else:
+    elif kind.partition(";")[0].strip().lower() == "application/json":
         try:
-            fields = await request.json()
-        except (ValueError, RecursionError):  # RecursionError: nested ~1000 deep
-            raise ApiError(
-                422, "invalid_request", "the body is not JSON (or use multipart)"
-            ) from None
+            fields = json.loads(await request.body(), object_pairs_hook=_unique_keys)
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested ~1000 deep
+            why = str(exc) if "twice" in str(exc) else "not JSON, or nested too deep"
+            raise ApiError(422, "invalid_request", f"the body: {why}") from None
         multipart = False
+    else:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send Content-Type: application/json, or multipart/form-data",
+        )
     try:
         return ScoreBody.model_validate(fields), multipart
     except ValidationError as exc:

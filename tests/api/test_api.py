@@ -155,11 +155,18 @@ def test_bad_input_is_a_typed_answer(api, photos):
         r = requests.post(f"{api}/v1/score", json=body, headers=_h("other"), timeout=10)
         assert r.status_code == 422, (body, r.text)
         assert r.json()["error"] == "invalid_request" and mentioned in r.json()["message"]
-    r = requests.post(f"{api}/v1/score", data=b"{not json", headers=_h("other"), timeout=10)
+    as_json = _h("other") | {"Content-Type": "application/json"}
+    r = requests.post(f"{api}/v1/score", data=b"{not json", headers=as_json, timeout=10)
     assert r.status_code == 422 and r.json()["error"] == "invalid_request"
     deep = b"[" * 5000 + b"]" * 5000  # a 500 before #24 (RecursionError)
-    r = requests.post(f"{api}/v1/score", data=deep, headers=_h("other"), timeout=10)
+    r = requests.post(f"{api}/v1/score", data=deep, headers=as_json, timeout=10)
     assert r.status_code == 422 and r.json()["error"] == "invalid_request"
+    twice = b'{"image_base64": "AAAA", "user_id": "a", "user_id": "b"}'
+    r = requests.post(f"{api}/v1/score", data=twice, headers=as_json, timeout=10)
+    assert r.status_code == 422 and "twice" in r.json()["message"]
+    plain = _h("other") | {"Content-Type": "text/plain"}
+    r = requests.post(f"{api}/v1/score", data=b'{"user_id": "a"}', headers=plain, timeout=10)
+    assert r.status_code == 415 and r.json()["error"] == "unsupported_media_type"
 
 
 def test_keys_owners_and_limits(api, photos):
