@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup photos demo test lint alerts worker up down bench bench-detection bench-embedding bench-pipeline bench-profile bench-services bench-api bench-population chaos clean
+.PHONY: setup photos demo test lint alerts worker up down bench bench-detection bench-embedding bench-pipeline bench-profile bench-services bench-api bench-population chaos security clean
 
 setup: $(VENV)/.installed  ## create .venv and install the project with its test extra
 
@@ -56,6 +56,9 @@ bench-population: photos  ## Edge at 1k/100k/1M faces beside local mode (~6 min;
 
 chaos: photos  ## faults under load (worker kill, Redis and RabbitMQ restarts, services down, bad input) → docs/reliability.md
 	$(BIN)/python bench/chaos.py --jobs 150
+
+security: photos  ## the stack (make up) on loopback met by 87 hostile requests and messages, one line per probe; fails on any mismatch (~50 s) → docs/security.md
+	$(BIN)/python bench/security.py --report docs/security.md
 
 worker: setup  ## one worker for every queue, against AURUM_BROKER_URL (one process: it owns a local Qdrant folder)
 	$(BIN)/celery -A aurum_ml worker -Q detect,embed,score,store,maintenance,notify --pool threads --loglevel INFO
