@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup photos demo test lint alerts worker up down bench bench-detection bench-embedding bench-pipeline bench-profile bench-services bench-api bench-population chaos security clean
+.PHONY: setup photos demo test lint alerts worker up down bench bench-detection bench-embedding bench-pipeline bench-profile bench-services bench-api bench-memory bench-population chaos security clean
 
 setup: $(VENV)/.installed  ## create .venv and install the project with its test extra
 
@@ -31,7 +31,7 @@ lint: setup
 alerts:  ## check deploy/prometheus and run the alerts' unit tests (needs promtool: apt-get install prometheus)
 	cd deploy/prometheus && promtool check config prometheus.yml && promtool test rules alerts.test.yml
 
-bench: bench-detection bench-embedding bench-pipeline bench-profile bench-services bench-api bench-population  ## every benchmark into BENCHMARKS.md: ~8 min on 2 cores, most of it the 1M-face population (load, index build, one re-rank, restore) (QUICK=1: ~2 min)
+bench: bench-detection bench-embedding bench-pipeline bench-profile bench-services bench-api bench-memory bench-population  ## every benchmark into BENCHMARKS.md: ~8 min on 2 cores, most of it the 1M-face population (load, index build, one re-rank, restore) (QUICK=1: ~2 min)
 
 bench-detection: photos  ## detect before/after coarse to fine, per photo and size
 	$(BIN)/python bench/detection.py $(if $(QUICK),--quick)
@@ -50,6 +50,9 @@ bench-services: photos  ## ML services (1 and 2 uvicorn workers) vs the in-proce
 
 bench-api: photos  ## POST /v1/score?wait=30 vs score_face.delay().get(), same workers
 	$(BIN)/python bench/api.py
+
+bench-memory: photos  ## peak memory of one job on the largest image of each format the header check accepts (~40 s)
+	$(BIN)/python bench/memory.py
 
 bench-population: photos  ## Edge at 1k/100k/1M faces beside local mode (~6 min; QUICK=1: 1k/100k, under 1 min)
 	$(BIN)/python bench/population.py $(if $(QUICK),--quick)

@@ -186,10 +186,21 @@ def inspect_image(data: bytes, settings: Settings) -> ImageInfo:
 
 
 def decode_scale(info: ImageInfo, settings: Settings) -> int:
-    """1, 2, 4 or 8: the largest reduction keeping the long side ≥ 2 × DETECT_MAX_SIDE."""
+    """1, 2, 4 or 8: the largest reduction keeping the long side ≥ 2 × DETECT_MAX_SIDE —
+    or, when decoding at that scale would not fit IMAGE_DECODE_BUDGET_MB, the next one
+    that does and still keeps the long side ≥ DETECT_MAX_SIDE (a JPEG is scaled by its
+    decoder: a 16 MP phone photo decodes at 1/2 rather than being refused)."""
     keep = 2 * settings.detect_max_side
     longest = max(info.width, info.height)
-    return max((f for f in (1, 2, 4, 8) if longest / f >= keep or f == 1), default=1)
+    preferred = max((f for f in (1, 2, 4, 8) if longest / f >= keep or f == 1), default=1)
+    fitting = (  # never below what detection works on (DETECT_MAX_SIDE)
+        f
+        for f in (1, 2, 4, 8)
+        if f >= preferred
+        and (f == 1 or longest / f >= settings.detect_max_side)
+        and info.decode_bytes(f) <= settings.image_decode_budget_bytes
+    )
+    return next(fitting, preferred)
 
 
 def _orientation(header: Image.Image) -> int:

@@ -110,3 +110,12 @@ def test_the_png_bomb_of_the_report_is_refused_from_its_header():
     with pytest.raises(BadInput) as refused:
         inspect_image(bomb, Settings())
     assert refused.value.reason == "image_too_large" and "16-bit" in refused.value.message
+
+
+def test_every_phone_sized_jpeg_is_accepted():
+    """A JPEG is scaled by its decoder, so no size up to IMAGE_MAX_PIXELS is refused for
+    memory: a 16 MP phone photo decoded at full size would pass the budget, so it is
+    decoded at 1/2 (found refused while the scale rule kept its long side ≥ 2560 px)."""
+    for width in range(3000, 7300, 400):
+        info = inspect_image(_image("jpeg", width, width * 3 // 4), Settings())
+        assert info.width == width
