@@ -218,12 +218,15 @@ def score_command(
         sys.exit(1)
 
 
-def _query(task_name: str, function: Callable[..., Any], *args: Any, timeout: float = 120) -> Any:
+def _query(task_name: str, function: Callable[..., Any], *args: Any) -> Any:
     """Run a query on the embedded default (directly, on the restored state) or as a task
-    on the cluster's maintenance queue."""
+    on the cluster's maintenance queue, waiting QUERY_TIMEOUT for its answer."""
     settings = _settings()
+    timeout = settings.query_timeout_s
     if not settings.embedded:
         _reach_cluster(settings)
+    from celery.exceptions import TimeoutError as CeleryTimeoutError
+
     from aurum_ml.celery_app import app
     from aurum_ml.runtime import get_runtime
 
@@ -242,7 +245,7 @@ def _query(task_name: str, function: Callable[..., Any], *args: Any, timeout: fl
         result = app.tasks[task_name].delay(*args)
         try:
             return result.get(timeout=timeout)
-        except TimeoutError:
+        except (TimeoutError, CeleryTimeoutError):  # celery's is not the built-in one
             queue = app.amqp.router.route({}, task_name)["queue"].name
             raise _Exit(1, f"no answer within {timeout:g} s: {_no_worker(queue)}") from None
         finally:

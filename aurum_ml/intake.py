@@ -22,6 +22,7 @@ __all__ = [
     "PARAMETERS",
     "check_score_request",
     "max_base64_chars",
+    "refuse_reference",
     "requested_image",
     "staged_sha256",
 ]
@@ -42,6 +43,16 @@ def staged_sha256(image: Any) -> str | None:
         return None
     sha256 = image[len(IMAGE_REF) :]
     return sha256 if len(sha256) == 64 and set(sha256) <= _HEX else None
+
+
+def refuse_reference(image: Any) -> None:
+    """InvalidRequest for a stored-image reference where a new job's image belongs: only
+    the pipeline sends one (a retry of intake, the lost-job sweep), for the job it was
+    stored for; from a caller it could only ever end ``ImageExpired``."""
+    if staged_sha256(image) is not None:
+        raise InvalidRequest(
+            "image_b64 must be the image itself in base64, not a stored-image reference"
+        )
 
 
 def requested_image(request: dict[str, Any]) -> Any:

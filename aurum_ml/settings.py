@@ -144,6 +144,9 @@ class Settings(BaseSettings):
         "local", validation_alias="FALLBACK_BACKEND"
     )
 
+    # how long a population query or the re-rank (CLI, HTTP API) waits for a worker's answer
+    query_timeout_s: float = Field(120.0, gt=0, le=3600, validation_alias="QUERY_TIMEOUT")
+
     # --- every HTTP server we ship (aurum_ml.serving) ----------------------------------------
     http_header_timeout_s: float = Field(10.0, gt=0, le=300, validation_alias="HTTP_HEADER_TIMEOUT")
     http_body_timeout_s: float = Field(60.0, gt=0, le=3600, validation_alias="HTTP_BODY_TIMEOUT")

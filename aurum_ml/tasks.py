@@ -43,7 +43,13 @@ from aurum_ml.forget import SWEEP_AFTER_S, sweep
 from aurum_ml.forget import forget_user as forget_user_everywhere
 from aurum_ml.health import fallback_state, probe
 from aurum_ml.imaging import decode_base64, inspect_image
-from aurum_ml.intake import IMAGE_REF, PARAMETERS, check_score_request, staged_sha256
+from aurum_ml.intake import (
+    IMAGE_REF,
+    PARAMETERS,
+    check_score_request,
+    refuse_reference,
+    staged_sha256,
+)
 from aurum_ml.metrics import record_stage, rerank_done
 from aurum_ml.persistence import compact
 from aurum_ml.recovery import rescore_degraded as rescore_degraded_jobs
@@ -202,10 +208,8 @@ class IntakeTask(PipelineTask):
                 "be refused by every worker, and its result never come)"
             )
         request = check_score_request(args, kwargs, get_settings())
-        if options.get("ledger", True) and staged_sha256(request.image_base64) is not None:
-            raise InvalidRequest(  # only the sweep sends a reference again, for its own job
-                "image_b64 must be the image itself in base64, not a stored-image reference"
-            )
+        if "task_id" not in options:  # a new job: its image, never a reference (intake.py)
+            refuse_reference(request.image_base64)
         args = tuple(args or ())
         kwargs = dict(kwargs or {})
         shown_args = [_REDACTED.get(PARAMETERS[i], a) for i, a in enumerate(args)]

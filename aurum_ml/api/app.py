@@ -34,6 +34,7 @@ from typing import Annotated, Any, Literal
 
 import anyio
 import anyio.to_thread
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -43,6 +44,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from aurum_ml import __version__
 from aurum_ml.errors import AurumError, ConfigError, InvalidRequest
+from aurum_ml.intake import refuse_reference
 from aurum_ml.queries import for_tenant
 from aurum_ml.schemas import ServiceErrorBody, check_user_id
 from aurum_ml.services.app import BodyLimit, json_error, json_errors
@@ -245,8 +247,8 @@ def _query(request: Request, task: Any, *args: Any) -> Any:
     except KombuOperationalError as exc:
         raise ApiError(503, "unavailable", f"broker unreachable: {exc}") from None
     try:
-        return result.get(timeout=QUERY_TIMEOUT_S)
-    except TimeoutError:
+        return result.get(timeout=min(QUERY_TIMEOUT_S, request.app.state.settings.query_timeout_s))
+    except (TimeoutError, CeleryTimeoutError):  # celery's is not the built-in one
         raise ApiError(503, "timeout", "no worker answered in time; retry") from None
     finally:
         result.forget()
@@ -463,6 +465,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 check_callback(callback, settings)
         except InvalidRequest as exc:
             raise ApiError(422, exc.reason, exc.message) from None
+        try:
+            refuse_reference(body.image_base64)
+        except InvalidRequest as exc:
+            raise ApiError(422, exc.reason, f"image_base64: {exc.message}") from None
         job_id = str(uuid.uuid4())
         await anyio.to_thread.run_sync(publish, job_id, caller, body, callback)
         if wait:

@@ -279,3 +279,16 @@ def test_export_and_import_move_the_faces_between_folders(photos, data_dir, tmp_
     down = _run(["import-vectors", str(file)], other, QDRANT_URL="http://127.0.0.1:9")
     assert down.returncode == 1 and "StoreUnavailable" in down.stderr, down.stderr
     assert "http://127.0.0.1:9" in down.stderr and "Traceback" not in down.stderr
+
+
+def test_a_query_nobody_answers_ends_with_the_hint_not_a_traceback(data_dir, redis_client):
+    """#25: Celery's TimeoutError is not the built-in one; `rerank` printed a traceback."""
+    broker = os.environ["AURUM_BROKER_URL"]  # reachable; nobody consumes the store queue here
+    try:
+        for command in (["rerank"], ["stats"]):
+            out = _run(command, data_dir, AURUM_BROKER_URL=broker, QUERY_TIMEOUT="2")
+            assert out.returncode == 1, out.stderr
+            assert "no answer within 2 s" in out.stderr and "is a worker consuming" in out.stderr
+            assert "Traceback" not in out.stderr
+    finally:
+        redis_client.delete("store", "maintenance")
