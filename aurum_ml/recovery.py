@@ -7,9 +7,11 @@ the probe enqueues when the fallback flag turns off, and which can be run by han
 through detect → embed → score → store with the services (or the in-process models when no
 service is configured), replaces the result stored under the job id and the user's cached
 result, and forgets the record. A job whose image has expired meanwhile is moved to
-``aurum:degraded:expired`` and reported: never dropped silently. A job whose user was
-erased after it was admitted is dropped with its image: the re-score carries the job's
-erasure epoch, so it can never store for an erased user.
+``aurum:degraded:expired`` and reported: never dropped silently (it stays there, with its
+record, for the records' keep time, and an erasure takes it). A job whose user was erased
+after it was admitted is dropped with its image: the re-score carries the job's erasure
+epoch, so it can never store for an erased user; a job erased during the run is never
+moved to the expired list. One run at a time: ``aurum:degraded:lock``, with a lease.
 """
 
 from __future__ import annotations
@@ -18,31 +20,56 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aurum_ml.errors import UserErased
+from aurum_ml.errors import ImageExpired, UserErased
 from aurum_ml.runtime import Runtime
 from aurum_ml.schemas import Job, Timings
 
 __all__ = ["rescore_degraded"]
 
 
+LEASE_S = 1860  # the task's hard time limit: a killed run's lock lapses with it
+
+
 def rescore_degraded(
     runtime: Runtime, replace_result: Callable[[str, dict[str, Any]], None] = lambda i, r: None
 ) -> dict[str, Any]:
-    """Re-score every degraded job; returns the job ids re-scored and those expired."""
+    """Re-score every degraded job; returns the job ids re-scored and those expired. One
+    run at a time (a lock with a lease): a run that finds another under way returns
+    ``skipped`` — the other re-scores every job once."""
+    degraded = runtime.degraded
+    token = degraded.lock(LEASE_S)
+    if token is None:
+        return {"skipped": "another re-score is running", "rescored": [], "expired": [],
+                "erased": [], "expired_total": len(degraded.expired())}  # fmt: skip
+    try:
+        return _rescore(runtime, replace_result)
+    finally:
+        degraded.unlock(token)
+
+
+def _rescore(
+    runtime: Runtime, replace_result: Callable[[str, dict[str, Any]], None]
+) -> dict[str, Any]:
     degraded = runtime.degraded
     detector = runtime.detect_service or runtime.local
     embedder = runtime.embed_service or runtime.local
-    rescored, expired, erased = [], [], []
+    rescored: list[str] = []
+    expired: list[str] = []
+    erased: list[str] = []
     for job_id in degraded.pending():
         record = degraded.load(job_id)
-        if record is not None and runtime.users.erased_after(record.user_id, record.epoch):
+        if record is None:  # erased meanwhile (the erasure took the rest), or long gone
+            degraded.done(job_id)
+            erased.append(job_id)
+            continue
+        if runtime.users.erased_after(record.user_id, record.epoch):
             degraded.done(job_id)
             runtime.state.release(record.image_sha256, job_id)
             erased.append(job_id)
             continue
-        if record is None or not runtime.state.has_image(record.image_sha256):
-            degraded.expire(job_id)
-            expired.append(job_id)
+        if not runtime.state.has_image(record.image_sha256):
+            if degraded.expire(job_id):  # not if an erasure took it just now
+                expired.append(job_id)
             continue
         job = Job(
             job_id=record.job_id,
@@ -60,6 +87,10 @@ def rescore_degraded(
         except UserErased:  # erased while it was re-scored: the erasure took the rest
             degraded.done(job_id)
             erased.append(job_id)
+            continue
+        except ImageExpired:  # its image went while it was re-scored (its TTL, an erasure)
+            if degraded.expire(job_id):
+                expired.append(job_id)
             continue
         replace_result(job_id, result.model_dump(mode="json"))
         degraded.done(job_id)

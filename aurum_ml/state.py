@@ -16,6 +16,7 @@ This module is where redis-py exceptions become :class:`StateUnavailable`.
 from __future__ import annotations
 
 import contextlib
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -178,6 +179,7 @@ class DegradedJobs:
 
     _ids = "aurum:degraded"
     _expired = "aurum:degraded:expired"
+    _lock = "aurum:degraded:lock"
 
     def __init__(self, client: Any, keep_s: int) -> None:
         self.redis = client
@@ -197,8 +199,13 @@ class DegradedJobs:
             return [m.decode() for m in self.redis.zrange(self._ids, 0, -1)]
 
     def expired(self) -> list[str]:
-        with redis_errors():
-            return [m.decode() for m in self.redis.zrange(self._expired, 0, -1)]
+        """Jobs whose image expired before their re-score, for ``keep_s`` after that (a
+        user to ask for a new photo); older entries are dropped here."""
+        with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(self._expired, "-inf", time.time() - self.keep_s)
+            pipe.zrange(self._expired, 0, -1)
+            _, members = pipe.execute()
+        return [m.decode() for m in members]
 
     def load(self, job_id: str) -> Job | None:
         with redis_errors():
@@ -231,11 +238,40 @@ class DegradedJobs:
                 pipe.execute()
         return job_ids, images
 
-    def expire(self, job_id: str) -> None:
-        with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
+    def expire(self, job_id: str) -> bool:
+        """Move a job still waiting to the expired list (its record kept as long, so an
+        erasure finds it there). A job no longer waiting — erased, or taken by another
+        run — is left alone: False."""
+
+        def move(pipe: Any) -> bool:
+            if pipe.zscore(self._ids, job_id) is None:
+                return False
+            pipe.multi()
             pipe.zrem(self._ids, job_id)
             pipe.zadd(self._expired, {job_id: time.time()})
-            pipe.execute()
+            pipe.expire(self._expired, self.keep_s)
+            pipe.expire(self._key(job_id), self.keep_s)
+            return True
+
+        with redis_errors():
+            return bool(self.redis.transaction(move, self._ids, value_from_callable=True))
+
+    def lock(self, lease_s: int) -> str | None:
+        """One re-score at a time: a token for the run that holds the lock (it expires
+        after ``lease_s``, so a killed run never blocks the next), None if one runs."""
+        token = secrets.token_hex(8)
+        with redis_errors():
+            return token if self.redis.set(self._lock, token, nx=True, ex=lease_s) else None
+
+    def unlock(self, token: str) -> None:
+        def release(pipe: Any) -> None:
+            held = pipe.get(self._lock)
+            pipe.multi()
+            if held is not None and held.decode() == token:
+                pipe.delete(self._lock)
+
+        with redis_errors():
+            self.redis.transaction(release, self._lock)
 
 
 @dataclass(frozen=True)
