@@ -766,13 +766,17 @@ _OUTCOME_WAIT_TRIES = 30  # a second apart: the result backend lags the task's e
 
 
 @app.task(bind=True, base=PipelineTask, name="aurum_ml.notify")
-def notify(self: Task, job_id: str) -> str:
+def notify(self: Task, job_id: str, attempt: int = 1) -> str:
     """POST the job's outcome to its webhook, signed; retried with backoff on timeouts,
-    5xx and 429 (see aurum_ml.webhooks)."""
+    5xx and 429 (see aurum_ml.webhooks). Each message carries the attempt it is for: of
+    several copies of one attempt (a redelivered retry, a job ended twice) exactly one
+    POSTs (``HookRecords.claim``), so an outage of any length gives one delivery."""
     rt = get_runtime()
     record = rt.hooks.get(job_id)
     if record is None or record.final:
         return "none"
+    if record.next_attempt != attempt:  # a copy of an attempt already made
+        return "duplicate"
     result = app.AsyncResult(job_id)
     state = result.state
     if state not in (states.SUCCESS, states.FAILURE):
@@ -780,6 +784,8 @@ def notify(self: Task, job_id: str) -> str:
             rt.hooks.attempted(job_id, "no_outcome", delivered=False, final=True)
             return "final"
         raise self.retry(countdown=1, max_retries=self.request.retries + 1)
+    if not rt.hooks.claim(job_id, attempt, lease_s=rt.settings.webhook_timeout_s + 15):
+        return "duplicate"  # another copy of this attempt is posting, or has posted
     if state == states.SUCCESS:
         shown = queries.for_tenant(rt, result.result, record.tenant)
         body = webhooks.body_of(job_id, "done", shown, None)
@@ -790,6 +796,8 @@ def notify(self: Task, job_id: str) -> str:
     outcome = webhooks.deliver(job_id, record, rt.hooks, rt.settings, body)
     if outcome == "retry":
         countdown = webhooks.backoff(record.attempts + 1)  # this attempt included
-        raise self.retry(countdown=countdown, max_retries=self.request.retries + 1)
+        raise self.retry(
+            args=(job_id, attempt + 1), countdown=countdown, max_retries=self.request.retries + 1
+        )
     log.info("job %s: webhook %s", job_id, outcome)
     return outcome

@@ -102,6 +102,7 @@ class Delivery:
     last_status: int | str | None  # an HTTP status, or "timeout" / "connection_error"
     final: bool  # delivered, refused for good, or out of time
     tenant: str | None = None  # the submitter's tenant: matches are limited to its users
+    next_attempt: int = 1  # the attempt a notify message must carry to be the one to POST
 
     def public(self) -> dict[str, Any]:
         """What the job's submitter sees: delivered or not, and how many POSTs left —
@@ -121,7 +122,7 @@ class HookRecords:
         return f"aurum:hook:{job_id}"
 
     def register(self, job_id: str, url: str, tenant: str | None = None) -> None:
-        record: dict[str, Any] = {"url": url, "attempts": 0, "created": time.time()}
+        record: dict[str, Any] = {"url": url, "attempts": 0, "next": 1, "created": time.time()}
         if tenant is not None:
             record["tenant"] = tenant
         with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
@@ -153,6 +154,7 @@ class HookRecords:
             last_status=status,
             final=raw.get("final") == "1",
             tenant=raw.get("tenant"),
+            next_attempt=int(raw.get("next", 1)),
         )
 
     def started(self, job_id: str) -> float:
@@ -161,12 +163,42 @@ class HookRecords:
             self.redis.hsetnx(self._key(job_id), "first_attempt", time.time())
             return float(self.redis.hget(self._key(job_id), "first_attempt"))
 
+    def claim(self, job_id: str, attempt: int, lease_s: float) -> bool:
+        """May this copy of attempt ``attempt`` POST now? Yes for exactly one copy: the
+        attempt the record waits for, while no other copy holds it (a lease, so a copy
+        killed mid-POST does not block the redelivered one for ever). A copy of an attempt
+        already made — Redis redelivers a retry waiting longer than the visibility
+        timeout — or of one under way elsewhere is told no, and drops out."""
+        key = self._key(job_id)
+
+        def take(pipe: Any) -> bool:
+            expected, lease, final = pipe.hmget(key, "next", "lease", "final")
+            now = time.time()
+            if final == b"1" or int(expected or 1) != attempt or float(lease or 0) > now:
+                return False
+            pipe.multi()  # ("next" set too: a record from before it existed has none)
+            pipe.hset(key, mapping={"lease": now + lease_s, "next": attempt})
+            return True
+
+        with redis_errors():
+            try:
+                return bool(self.redis.transaction(take, key, value_from_callable=True))
+            except redis.WatchError:  # another copy changed it first
+                return False
+
     def attempted(self, job_id: str, status: int | str, delivered: bool, final: bool) -> None:
+        """A POST left (or was refused for good): counted, and the next attempt is due."""
         with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
             pipe.hincrby(self._key(job_id), "attempts", 1)
+            pipe.hincrby(self._key(job_id), "next", 1)
             pipe.hset(
                 self._key(job_id),
-                mapping={"last_status": status, "delivered": int(delivered), "final": int(final)},
+                mapping={
+                    "last_status": status,
+                    "delivered": int(delivered),
+                    "final": int(final),
+                    "lease": 0,
+                },
             )
             pipe.execute()
 
