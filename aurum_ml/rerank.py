@@ -106,7 +106,9 @@ def rerank(runtime: Runtime, update_payloads: bool = True) -> RerankReport:
     (``RERANK_BATCH``), not the population — but for one float per face:
     1. the centroid (sum of unit embeddings) and the vibe reference's statistics;
     2. every typicality against that centroid, into a staging sorted set in Redis, swapped
-       in atomically (faces stored meanwhile keep theirs; faces erased meanwhile stay out);
+       in atomically with the sum of exactly the rows staged (faces stored meanwhile keep
+       theirs; faces erased meanwhile stay out), so the index's sum and count always
+       match its members;
     3. with ``update_payloads``, until the vibe reference is frozen: each face's vibe tags,
        written to the payloads where they changed, a batch at a time; then the vector
        index is brought up to date. Scores and ranks are not written back: they are read
@@ -124,14 +126,19 @@ def rerank(runtime: Runtime, update_payloads: bool = True) -> RerankReport:
         centroid = unit(total)
         index.stage_clear()
         chunks = []
+        # the running sum swapped in is that of exactly the faces staged: a face stored
+        # or erased between the passes is in pass 2's rows or not, never in one only
+        staged_total, staged_count = np.zeros(index.dim), 0
         for ids, units, _ in _batches(runtime, gone):  # pass 2
             typicality = units @ centroid
             index.stage(ids, typicality)
             chunks.append(typicality)
+            staged_total += units.sum(axis=0)
+            staged_count += len(ids)
         typicalities = np.concatenate(chunks) if chunks else np.zeros(0)
         scores = np.array([score_of(p) for p in midrank_percentiles(typicalities)])
         stats = summarize(scores, typicalities)
-        faces = index.swap_staged(total, count, stats, gone, vectors)
+        faces = index.swap_staged(staged_total, staged_count, stats, gone, vectors)
         if faces is not None:
             break
     else:  # erasures kept landing during the passes: leave the live index as it was

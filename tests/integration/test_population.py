@@ -296,3 +296,61 @@ def test_a_lost_index_is_rebuilt_by_the_rerank(pipeline_worker, runtime):
     assert runtime.index.members() == members and report["faces"] == len(members)
     total, n = runtime.index._read_sum()
     assert n == n_before and np.allclose(total, total_before, atol=1e-6)
+
+
+def test_the_centroid_counts_exactly_the_faces_in_the_index_after_a_busy_rerank(runtime):
+    """#25: faces stored while the re-rank ran dropped out of its running sum (the centroid
+    was read in one pass, the typicalities in another): `n` ended short. Faces are stored
+    from another thread for the whole re-rank; afterwards the index's sum and count must be
+    those of its members' vectors, exactly."""
+    import threading
+
+    from aurum_ml.rerank import rerank
+
+    rng = np.random.default_rng(25)
+    shared = rng.normal(size=128) * 0.1
+
+    def store(i: int) -> None:
+        pid = f"00000000-0000-4000-9000-{i:012d}"
+        vector = (shared + rng.normal(scale=0.05, size=128)).astype(np.float32)
+        place = runtime.index.enter(pid, vector)
+        runtime.vectors.upsert(
+            pid,
+            vector,
+            {
+                "user_id": f"busy-{i}",
+                "stored_at": time.time(),
+                "image_sha256": "b",
+                "job_id": f"busy-{i}",
+            },
+        )
+        runtime.index.add(pid, vector, place.typicality)
+
+    for i in range(1500):
+        store(i)
+    stop, stored = threading.Event(), [1500]
+
+    def keep_storing() -> None:
+        while not stop.is_set():
+            store(stored[0])
+            stored[0] += 1
+
+    writer = threading.Thread(target=keep_storing)
+    writer.start()
+    try:
+        for _ in range(3):
+            rerank(runtime, update_payloads=False)
+    finally:
+        stop.set()
+        writer.join()
+    assert stored[0] > 1510  # faces were stored during the re-ranks
+    members = runtime.index.members()
+    vectors = runtime.vectors.vectors_of(sorted(members))
+    total, n = runtime.index._read_sum()
+    assert n == len(members) == len(vectors)
+    expected = sum((unit(v) for v in vectors.values()), np.zeros(128))
+    assert np.allclose(total, expected, atol=1e-9)
+    runtime.index.remove(
+        [(pid, vectors[pid]) for pid in members if pid.startswith("00000000-0000-4000-9000")]
+    )
+    runtime.vectors.delete([pid for pid in members if pid.startswith("00000000-0000-4000-9000")])
