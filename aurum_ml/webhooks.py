@@ -180,11 +180,8 @@ class HookRecords:
             pipe.hset(key, mapping={"lease": now + lease_s, "next": attempt})
             return True
 
-        with redis_errors():
-            try:
-                return bool(self.redis.transaction(take, key, value_from_callable=True))
-            except redis.WatchError:  # another copy changed it first
-                return False
+        with redis_errors():  # (a concurrent change re-runs take, which then says no)
+            return bool(self.redis.transaction(take, key, value_from_callable=True))
 
     def attempted(self, job_id: str, status: int | str, delivered: bool, final: bool) -> None:
         """A POST left (or was refused for good): counted, and the next attempt is due."""
