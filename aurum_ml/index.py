@@ -10,6 +10,8 @@ Per model, in Redis:
 - ``aurum:index:{model}:vibes``  the vibe reference (see :mod:`aurum_ml.vibes`);
 - ``aurum:index:{model}:gone``   point ids forgotten recently, so a re-rank that read them
   from Qdrant a moment before they were deleted does not bring them back;
+- ``aurum:index:{model}:rank:next`` the re-rank's staging sorted set, and ``…:rank:run``
+  the run under way (owner, start, lease; see :meth:`run_begin`);
 - ``aurum:index:{model}:pending:{point id}``  the unit embedding of a face placed by the
   score stage and not yet confirmed by the store stage (TTL: the image's), so a job that
   fails between the two can be taken out again.
@@ -29,6 +31,8 @@ As faces arrive the centroid drifts and stored typicalities go stale; the re-ran
 from __future__ import annotations
 
 import json
+import secrets
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +79,9 @@ class Placement:
     percentile: float
     rank: int
     total: int
+
+
+RERANK_LOST = "aurum:rerank:lost"  # re-ranks that died mid-run (a counter; aurum_ml.metrics)
 
 
 class ScoreIndex:
@@ -317,6 +324,103 @@ class ScoreIndex:
     def _staging_key(self) -> str:
         return f"{self._prefix}:rank:next"
 
+    @property
+    def _run_key(self) -> str:
+        return f"{self._prefix}:rank:run"
+
+    def run_begin(self, host: str, pid: int, lease_s: float) -> tuple[str | None, bool]:
+        """Record a re-rank as under way: ``(token, lost)``. The token is None when a run
+        holds a live lease (one at a time: two would share the staging set). A record
+        whose lease lapsed is a run that died: it is taken over, counted as lost (``lost``
+        true) and its staging set cleared."""
+        token = secrets.token_hex(8)
+
+        def begin(pipe: Any) -> tuple[str | None, bool]:
+            held = self._run_of(pipe.hgetall(self._run_key))
+            now = time.time()
+            if held and float(held.get("lease_until", 0)) > now:
+                return None, False
+            pipe.multi()
+            if held:
+                pipe.incr(RERANK_LOST)
+                pipe.delete(self._staging_key)
+            pipe.delete(self._run_key)
+            pipe.hset(
+                self._run_key,
+                mapping={"token": token, "host": host, "pid": pid, "started": now,
+                         "lease_until": now + lease_s, "phase": "centroid"},
+            )  # fmt: skip
+            return token, bool(held)
+
+        with redis_errors():
+            began: tuple[str | None, bool] = self.redis.transaction(
+                begin, self._run_key, value_from_callable=True
+            )
+            return began
+
+    def run_renew(self, token: str, lease_s: float, phase: str) -> bool:
+        """Extend the run's lease and name its phase; False if the run is no longer the
+        holder (taken over after its lease lapsed: it must stop)."""
+
+        def renew(pipe: Any) -> bool:
+            held = pipe.hget(self._run_key, "token")
+            if held is None or held.decode() != token:
+                return False
+            pipe.multi()
+            pipe.hset(self._run_key, mapping={"lease_until": time.time() + lease_s, "phase": phase})
+            return True
+
+        with redis_errors():
+            renewed: bool = self.redis.transaction(renew, self._run_key, value_from_callable=True)
+            return renewed
+
+    def run_end(self, token: str) -> None:
+        def end(pipe: Any) -> None:
+            held = pipe.hget(self._run_key, "token")
+            pipe.multi()
+            if held is not None and held.decode() == token:
+                pipe.delete(self._run_key)
+
+        with redis_errors():
+            self.redis.transaction(end, self._run_key)
+
+    def run_under_way(self) -> dict[str, str] | None:
+        """The record of the re-rank under way (or of one that died and is not yet reaped)."""
+        with redis_errors():
+            return self._run_of(self.redis.hgetall(self._run_key)) or None
+
+    def run_reap(self, host: str | None = None, started_before: float | None = None) -> bool:
+        """Take out the record of a re-rank that died, clear its staging set and count it
+        (``aurum:rerank:lost``); True if there was one. Dead is: its lease lapsed, or it
+        ran on ``host`` and began before ``started_before`` — a worker of that name that
+        starts now is the one that ran it, restarted."""
+
+        def reap(pipe: Any) -> bool:
+            held = self._run_of(pipe.hgetall(self._run_key))
+            if not held:
+                return False
+            lapsed = float(held.get("lease_until", 0)) <= time.time()
+            restarted = (
+                host is not None
+                and started_before is not None
+                and held.get("host") == host
+                and float(held.get("started", 0)) < started_before
+            )
+            if not (lapsed or restarted):
+                return False
+            pipe.multi()
+            pipe.delete(self._run_key, self._staging_key)
+            pipe.incr(RERANK_LOST)
+            return True
+
+        with redis_errors():
+            reaped: bool = self.redis.transaction(reap, self._run_key, value_from_callable=True)
+            return reaped
+
+    @staticmethod
+    def _run_of(raw: Any) -> dict[str, str]:
+        return {k.decode(): v.decode() for k, v in (raw or {}).items()}
+
     def stage_clear(self) -> None:
         with redis_errors():
             self.redis.delete(self._staging_key)
@@ -429,4 +533,5 @@ class ScoreIndex:
                 self._vibes_key,
                 self._gone_key,
                 self._staging_key,
+                self._run_key,
             )

@@ -56,6 +56,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from aurum_ml.health import fallback_state, last_probes, transitions
+from aurum_ml.index import RERANK_LOST
 from aurum_ml.runtime import Runtime
 from aurum_ml.state import redis_errors
 
@@ -201,6 +202,12 @@ class PipelineCollector(Collector):
     def _rerank_series(self, client: Any) -> Iterator[Any]:
         with redis_errors():
             last = {k.decode(): float(v) for k, v in client.hgetall(RERANK_LAST).items()}
+            lost = int(client.get(RERANK_LOST) or 0)
+        yield CounterMetricFamily(
+            "aurum_rerank_lost",
+            "Re-ranks that died mid-run (worker killed), reaped and sent again",
+            value=lost,
+        )
         yield GaugeMetricFamily(
             "aurum_rerank_interval_seconds",
             "How often beat sends the re-rank (RERANK_INTERVAL)",

@@ -8,6 +8,14 @@ new index into Redis atomically, writes changed vibe tags into the Qdrant payloa
 folds the faces stored since the last run into Qdrant's vector index. It also rebuilds a
 lost index (Redis flushed) from Qdrant, and the embedded default runs it at start.
 
+One run at a time, recorded in Redis with a lease renewed batch by batch
+(:meth:`ScoreIndex.run_begin`). A run killed with its worker leaves that record: the
+worker, restarted under its name, or beat's sweep once the lease lapsed, reaps it — clears
+its staging set, counts it in ``aurum_rerank_lost_total`` — and sends the re-rank again.
+The vector index's upkeep holds the GIL for seconds; it runs inside
+:func:`aurum_ml.broker.held`, so a worker killed there has taken no message it had not
+recorded.
+
 Memory: one batch of unit embeddings (float64: 1 KiB a face) and one float per face — 8 MB
 at a million faces, where holding every vector took 1 GB. The sorted set itself lives in
 Redis. The centroid is summed batch by batch, so its last bits may differ from a sum over
@@ -16,6 +24,8 @@ all rows at once: faces whose typicalities differ by less than ~1e-12 may swap p
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,14 +33,24 @@ from typing import Any
 
 import numpy as np
 
+from aurum_ml.broker import held
 from aurum_ml.errors import StateUnavailable
 from aurum_ml.index import midrank_percentiles, score_of, unit
 from aurum_ml.runtime import Runtime
 from aurum_ml.vibes import ReferenceMoments, vibes_of
 
-__all__ = ["RerankReport", "rerank", "summarize"]
+__all__ = ["RerankBusy", "RerankReport", "rerank", "summarize"]
 
 _ATTEMPTS = 3  # a face erased during the passes makes the re-rank run them again
+# A run's lease, renewed at every batch and before the index upkeep (one native call, the
+# longest stretch without a renewal: 18 s at a million faces). A run whose lease lapsed is
+# taken for dead and may be reaped: keep it far above any stretch.
+LEASE_S = 600.0
+
+
+class RerankBusy(StateUnavailable):
+    """Another re-rank is under way (its lease is live): this one did nothing."""
+
 
 _PERCENTILES = (10, 25, 50, 75, 90, 95, 99)
 
@@ -76,11 +96,30 @@ def summarize(scores: np.ndarray, typicalities: np.ndarray) -> dict[str, Any]:
     return {"distribution": distribution, "thresholds": thresholds}
 
 
+class _Run:
+    """The record of this run in Redis: renewed as it goes; lost means taken over."""
+
+    def __init__(self, runtime: Runtime, owner: str | None) -> None:
+        self.index = runtime.index
+        owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        token, self.took_over = self.index.run_begin(owner, os.getpid(), LEASE_S)
+        if token is None:
+            raise RerankBusy("a re-rank is already under way; this one did nothing")
+        self.token = token
+
+    def renew(self, phase: str) -> None:
+        if not self.index.run_renew(self.token, LEASE_S, phase):
+            raise StateUnavailable("this re-rank was taken for dead and reaped; it stopped")
+
+    def end(self) -> None:
+        self.index.run_end(self.token)
+
+
 def _batches(
-    runtime: Runtime, skip: set[str], with_payload: bool = False
+    runtime: Runtime, skip: set[str], with_payload: bool = False, run: _Run | None = None
 ) -> Iterator[tuple[list[str], np.ndarray, list[dict[str, Any]]]]:
     """The stored faces as (point ids, unit embeddings as float64 rows, payloads — empty
-    dicts unless ``with_payload``), a batch at a time."""
+    dicts unless ``with_payload``), a batch at a time; each batch renews ``run``."""
     size = runtime.settings.rerank_batch
     ids: list[str] = []
     rows: list[np.ndarray] = []
@@ -92,15 +131,21 @@ def _batches(
         rows.append(unit(vector))
         payloads.append(payload)
         if len(ids) == size:
+            if run is not None:
+                run.renew("batches")
             yield ids, np.vstack(rows), payloads
             ids, rows, payloads = [], [], []
     if ids:
         yield ids, np.vstack(rows), payloads
 
 
-def rerank(runtime: Runtime, update_payloads: bool = True) -> RerankReport:
+def rerank(
+    runtime: Runtime, update_payloads: bool = True, owner: str | None = None
+) -> RerankReport:
     """Recompute and swap in the index of ``runtime``'s model; update the stored payloads'
-    vibe tags unless ``update_payloads`` is false (a start-up restore).
+    vibe tags unless ``update_payloads`` is false (a start-up restore). ``owner`` names
+    the run's worker (its Celery node name) so that worker, restarted, knows the run died;
+    RerankBusy if another run is under way.
 
     Streamed, in up to three passes over Qdrant, so memory follows the batch
     (``RERANK_BATCH``), not the population — but for one float per face:
@@ -116,11 +161,19 @@ def rerank(runtime: Runtime, update_payloads: bool = True) -> RerankReport:
        payload changes, so a re-rank writing every face would rebuild the whole index.
     """
     started = time.perf_counter()
+    run = _Run(runtime, owner)
+    try:
+        return _rerank(runtime, run, update_payloads, started)
+    finally:
+        run.end()
+
+
+def _rerank(runtime: Runtime, run: _Run, update_payloads: bool, started: float) -> RerankReport:
     settings, index, vectors = runtime.settings, runtime.index, runtime.vectors
     for _attempt in range(_ATTEMPTS):
         gone = index.gone()
         moments = ReferenceMoments(index.dim)
-        for _, units, _ in _batches(runtime, gone):  # pass 1
+        for _, units, _ in _batches(runtime, gone, run=run):  # pass 1
             moments.add(units)
         total, count = moments.total, moments.count
         centroid = unit(total)
@@ -129,7 +182,7 @@ def rerank(runtime: Runtime, update_payloads: bool = True) -> RerankReport:
         # the running sum swapped in is that of exactly the faces staged: a face stored
         # or erased between the passes is in pass 2's rows or not, never in one only
         staged_total, staged_count = np.zeros(index.dim), 0
-        for ids, units, _ in _batches(runtime, gone):  # pass 2
+        for ids, units, _ in _batches(runtime, gone, run=run):  # pass 2
             typicality = units @ centroid
             index.stage(ids, typicality)
             chunks.append(typicality)
@@ -138,6 +191,7 @@ def rerank(runtime: Runtime, update_payloads: bool = True) -> RerankReport:
         typicalities = np.concatenate(chunks) if chunks else np.zeros(0)
         scores = np.array([score_of(p) for p in midrank_percentiles(typicalities)])
         stats = summarize(scores, typicalities)
+        run.renew("swap")
         faces = index.swap_staged(staged_total, staged_count, stats, gone, vectors)
         if faces is not None:
             break
@@ -158,7 +212,7 @@ def rerank(runtime: Runtime, update_payloads: bool = True) -> RerankReport:
                 reference = index.vibe_reference() or reference
     changed = 0
     if count and update_payloads and reference is not None and not tags_fixed:
-        for ids, units, payloads in _batches(runtime, gone | index.gone(), True):  # pass 3
+        for ids, units, payloads in _batches(runtime, gone | index.gone(), True, run):  # pass 3
             updates = []
             for i, pid in enumerate(ids):
                 vibes = vibes_of(units[i], reference)
@@ -166,9 +220,11 @@ def rerank(runtime: Runtime, update_payloads: bool = True) -> RerankReport:
                     updates.append((pid, {"vibes": vibes}))
             vectors.set_payloads(updates)
             changed += len(updates)
-    indexing = time.perf_counter()
-    vectors.optimize()  # fold the faces stored since the last re-rank into the vector index
-    index_s = time.perf_counter() - indexing
+    with held():  # the build freezes this process: no message may be half-taken meanwhile
+        run.renew("index")
+        indexing = time.perf_counter()
+        vectors.optimize()  # fold the faces stored since the last re-rank into the index
+        index_s = time.perf_counter() - indexing
     return RerankReport(
         model=index.model,
         faces=faces,

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from celery import Task, chain, states
+from celery import Task, chain, signals, states
 from celery.exceptions import Ignore, Reject, Retry
 from celery.utils import uuid
 from celery.worker.request import Request as CeleryRequest
@@ -37,6 +37,7 @@ from aurum_ml.errors import (
     PermanentError,
     RetryableError,
     ServiceUnavailable,
+    StateUnavailable,
     UserErased,
 )
 from aurum_ml.forget import SWEEP_AFTER_S, sweep
@@ -54,6 +55,7 @@ from aurum_ml.metrics import record_stage, rerank_done
 from aurum_ml.persistence import compact
 from aurum_ml.recovery import rescore_degraded as rescore_degraded_jobs
 from aurum_ml.redrive import redrive_stalled as redrive_stalled_jobs
+from aurum_ml.rerank import RerankBusy
 from aurum_ml.rerank import rerank as rerank_index
 from aurum_ml.runtime import Runtime, get_runtime
 from aurum_ml.schemas import Job, Result, check_user_id
@@ -616,13 +618,36 @@ def store(self: Task, job: dict[str, Any]) -> dict[str, Any]:
 # --- maintenance queue: the re-rank, queries and erasure --------------------------------------
 
 
-@app.task(base=PipelineTask, name="aurum_ml.rerank")
-def rerank() -> dict[str, Any]:
+@app.task(bind=True, base=PipelineTask, name="aurum_ml.rerank")
+def rerank(self: Task) -> dict[str, Any]:
     """Recompute every stored face's typicality and score (beat-scheduled)."""
     rt = get_runtime()
-    report = rerank_index(rt)
+    try:
+        report = rerank_index(rt, owner=self.request.hostname)
+    except RerankBusy as exc:  # one at a time: the run under way does the work
+        return {"skipped": str(exc), "under_way": rt.index.run_under_way()}
     rerank_done(rt.state.redis, report.seconds, report.faces)
     return report.as_dict()
+
+
+_PROCESS_STARTED = time.time()  # before this worker took any message
+
+
+@signals.worker_ready.connect(weak=False)
+def _redo_lost_rerank(sender: Any = None, **_: Any) -> None:
+    """A worker that runs re-ranks, restarted: a re-rank its previous life began died with
+    it. Reap its record and staging set, count it, and send the re-rank again now rather
+    than at beat's next hour (beat's sweep does the same once a lost run's lease lapses,
+    for a worker that does not come back)."""
+    if sender is None or config.VECTOR_QUEUE not in sender.app.amqp.queues.consume_from:
+        return
+    try:
+        lost = get_runtime().index.run_reap(sender.hostname, _PROCESS_STARTED)
+    except StateUnavailable:  # Redis down at start: beat's sweep reaps it by its lease
+        return
+    if lost:
+        log.warning("a re-rank died with this worker's previous process; sending it again")
+        rerank.delay()
 
 
 @app.task(base=PipelineTask, name="aurum_ml.probe_health")
@@ -682,6 +707,9 @@ def redrive_stalled() -> dict[str, list[str]]:
             rt.release_failed(job)
         _job_ended(job_id)
 
+    if rt.index.run_reap():  # a re-rank whose lease lapsed: it died, and nobody redid it
+        log.warning("a re-rank died mid-run (its lease lapsed); sending it again")
+        rerank.delay()
     return redrive_stalled_jobs(
         rt, has_result=has_result, backlog=stage_backlog, send=send, fail=fail
     ).as_dict()

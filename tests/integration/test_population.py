@@ -354,3 +354,41 @@ def test_the_centroid_counts_exactly_the_faces_in_the_index_after_a_busy_rerank(
         [(pid, vectors[pid]) for pid in members if pid.startswith("00000000-0000-4000-9000")]
     )
     runtime.vectors.delete([pid for pid in members if pid.startswith("00000000-0000-4000-9000")])
+
+
+def test_one_rerank_at_a_time_and_a_dead_one_is_reaped_by_the_sweep(pipeline_worker, runtime):
+    """#25: a re-rank killed mid-run left its staging set for up to an hour and nothing
+    counted it. A run holds a record with a lease: a second run meanwhile does nothing;
+    a record whose lease lapsed is reaped by beat's lost-job sweep — staging set cleared,
+    ``aurum_rerank_lost_total`` counted, the re-rank sent again and done."""
+    from aurum_ml.index import RERANK_LOST
+    from aurum_ml.metrics import PipelineCollector
+    from aurum_ml.rerank import RerankBusy, rerank
+
+    index, client = runtime.index, runtime.index.redis
+    token, took_over = index.run_begin("store@elsewhere", 1, lease_s=60)
+    assert token is not None and not took_over
+    with pytest.raises(RerankBusy):
+        rerank(runtime, update_payloads=False)
+    assert tasks.rerank.delay().get(timeout=TIMEOUT)["skipped"]
+    assert index.run_reap() is False  # a live lease is left alone
+    assert index.run_reap("store@elsewhere", started_before=0.0) is False  # began after
+
+    # the run dies mid-pass: its staging set stays behind, its lease lapses
+    index.stage(["00000000-0000-4000-8000-00000000dead"], np.array([0.5]))
+    client.hset(index._run_key, "lease_until", time.time() - 1)
+    lost_before = int(client.get(RERANK_LOST) or 0)
+    last_before = client.hget("aurum:rerank:last", "at")
+    tasks.redrive_stalled.delay().get(timeout=TIMEOUT)
+    assert int(client.get(RERANK_LOST)) == lost_before + 1
+    assert not client.exists(index._staging_key)
+    assert index.run_renew(token, 60, "batches") is False  # the dead run may not go on
+    deadline = time.monotonic() + TIMEOUT  # and the re-rank was sent again
+    while client.hget("aurum:rerank:last", "at") == last_before:
+        assert time.monotonic() < deadline, "the re-rank was not sent again"
+        time.sleep(0.1)
+    assert index.run_under_way() is None
+    lost = next(
+        m for m in PipelineCollector(runtime, ()).collect() if m.name == "aurum_rerank_lost"
+    )
+    assert lost.samples[0].value == lost_before + 1
