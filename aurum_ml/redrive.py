@@ -92,6 +92,8 @@ def redrive_stalled(
             out.waiting.append(job_id)
         elif entry.image_sha256 is not None and not runtime.state.has_image(entry.image_sha256):
             fail(job_id, entry.job, ImageExpired("the job stalled and its image expired"))
+            if entry.job is None:  # the caller's reference to the image it stored
+                runtime.state.release(entry.image_sha256, job_id)
             out.failed.append(job_id)
         elif entry.redrives >= settings.redrive_max:
             message = f"the job stalled {entry.redrives + 1} times; it was not scored"

@@ -184,14 +184,26 @@ class UserRecords:
     # --- after the store stage ----------------------------------------------------------------
     def scored(
         self, user_id: str, sha256: str, job_id: str, result: dict[str, Any], epoch: int = 0
-    ) -> bool:
+    ) -> dict[str, Any] | None:
         """Start the cooldown, cache the result (and index its matches: :meth:`_note_matches`)
-        — unless the user was erased after the job was admitted. False then."""
-        tombstone = self._tombstone(user_id)
+        — unless the user was erased after the job was admitted: None then. Returns the
+        job's result as cached: one truth per job. A store run again for a job whose result
+        is cached (a redelivered message) finds it there and keeps it, matches and timings
+        as the first run gave them to the caller; only a re-score of a degraded result
+        (aurum_ml.recovery) replaces one."""
+        tombstone, cached = self._tombstone(user_id), self._key(user_id, "result")
 
-        def write(pipe: Any) -> bool:
+        def write(pipe: Any) -> dict[str, Any] | None:
             if int(pipe.get(tombstone) or 0) > epoch:
-                return False
+                return None
+            raw = pipe.get(cached)
+            held = json.loads(raw) if raw is not None else None
+            if (
+                held is not None
+                and held.get("job_id") == job_id
+                and not (held.get("degraded") and not result.get("degraded"))
+            ):
+                return dict(held)
             pipe.multi()
             if self.cooldown_s > 0:
                 record = {
@@ -201,14 +213,18 @@ class UserRecords:
                     "until": time.time() + self.cooldown_s,
                 }
                 pipe.set(self._key(user_id, "cooldown"), json.dumps(record), ex=self.cooldown_s)
-            pipe.set(self._key(user_id, "result"), json.dumps(result), ex=self.result_ttl)
+            pipe.set(cached, json.dumps(result), ex=self.result_ttl)
             pipe.srem(self._key(user_id, "images"), sha256)
             self._note_matches(pipe, user_id, job_id, result.get("matches") or [])
-            return True
+            return result
 
         with redis_errors():
-            # WATCH the tombstone: an erasure meanwhile makes the transaction run again.
-            return bool(self.redis.transaction(write, tombstone, value_from_callable=True))
+            # WATCH the tombstone and the cached result: an erasure or another run of the
+            # job meanwhile makes the transaction run again.
+            kept: dict[str, Any] | None = self.redis.transaction(
+                write, tombstone, cached, value_from_callable=True
+            )
+            return kept
 
     @property
     def result_ttl(self) -> int:

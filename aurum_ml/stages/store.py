@@ -56,10 +56,13 @@ def store(
     result = job.model_copy(update={"timings_ms": timings}).result()
     if result.status == "scored":
         fields = result.model_dump(mode="json")
-        if not users.scored(job.user_id, job.image_sha256, job.job_id, fields, job.epoch):
+        kept = users.scored(job.user_id, job.image_sha256, job.job_id, fields, job.epoch)
+        if kept is None:
             # erased since the checks above: the erasure removes the point and records
             state.release(job.image_sha256, job.job_id)
             raise UserErased(ERASED)
+        if kept is not fields:  # this job's result as a first run cached it: one truth
+            result = Result.model_validate(kept)
     return result
 
 

@@ -429,7 +429,9 @@ def test_a_key_sees_and_erases_only_its_tenants_users(api, photos):
     # the user is still there for its own tenant
     mine = requests.get(f"{api}/v1/users/u-tenant-a/score", headers=_h("miniapp"), timeout=30)
     assert mine.status_code == 200 and mine.json()["user_id"] == "u-tenant-a"
-    ops_near = requests.get(f"{api}/v1/users/u-tenant-b/similar", headers=_h("ops"), timeout=30)
+    ops_near = requests.get(
+        f"{api}/v1/users/u-tenant-b/similar?k=50", headers=_h("ops"), timeout=30
+    )
     assert "u-tenant-a" in {n["user_id"] for n in ops_near.json()}
     for user, key in (("u-tenant-a", "miniapp/ios"), ("u-tenant-b", "other")):
         erased = requests.delete(f"{api}/v1/users/{user}", headers=_h(key), timeout=30)

@@ -9,6 +9,7 @@ timeout from the limits (celeryconfig.py) and sweeps every minute."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -155,3 +156,36 @@ def test_only_the_detect_stage_reads_the_image(runtime, model, photos):
     runtime.index.withdraw(scored.point_id)
     runtime.state.release(sha, "job-once")
     assert runtime.state.get_chip("job-once") is None
+
+
+def test_a_store_run_again_keeps_one_truth_per_job(pipeline_worker, runtime, model, photos):
+    """#25: a store message run again (its worker died after the result was written, before
+    the ack) recomputed matches and timings and rewrote the user's cached result, while
+    the Celery result kept the first run's: two answers for one job. Through the worker,
+    the store task twice under the job's id, with another user's face of the same person
+    stored in between (so a second run would find a match the first did not): the cached
+    result, the Celery result and both runs' answers are one."""
+    from aurum_ml.celery_app import app
+    from aurum_ml.forget import forget_user
+    from aurum_ml.schemas import Job
+    from aurum_ml.tasks import store
+
+    def scored_job(job_id: str, user: str, photo: str) -> Job:
+        sha = hashlib.sha256(job_id.encode()).hexdigest()
+        runtime.state.put_image(sha, (photos / photo).read_bytes(), job_id)
+        job = Job(job_id=job_id, status="pending", user_id=user, image_sha256=sha,
+                  submitted_at=time.time())  # fmt: skip
+        return runtime.score(runtime.embed(runtime.detect(job, runtime.local), runtime.local))
+
+    job = scored_job("job-truth", "u-truth", "obama.jpg").model_dump(mode="json")
+    first = store.apply_async((job,), task_id="job-truth").get(timeout=60)
+    runtime.store(scored_job("job-truth-other", "u-truth-other", "obama2.jpg"))
+    time.sleep(0.05)  # a later run's total time would differ
+    app.backend.forget("job-truth")  # as if the first run died before writing it
+    again = store.apply_async((job,), task_id="job-truth").get(timeout=60)
+    cached = runtime.users.latest_result("u-truth")
+    assert again == first == cached
+    assert app.AsyncResult("job-truth").get(timeout=5) == first
+    forget_user(runtime, "u-truth")
+    forget_user(runtime, "u-truth-other")
+    app.backend.forget("job-truth")
