@@ -588,6 +588,8 @@ def status_command(as_json: bool) -> None:
             out[0] += f" for {flag['age_s']} s; last probe {ago} s ago"
         if flag["reason"]:
             out.append(f"  reason: {flag['reason']}")
+        if flag["active"] and flag.get("hold_probes"):
+            out.append(f"  turns off after {flag['hold_probes']} good probes in a row")
         for name, e in r["services"].items():
             out.append(
                 f"{name}: last probe {'ok' if e['ok'] else 'failed'}, "

@@ -8,6 +8,13 @@ GETs each configured service's ``/health`` with a short timeout and keeps the la
   its availability over a full window fell below ``SIMULATED_ML_THRESHOLD`` (a flaky one);
 - **off** only after ``HEALTH_RECOVERY_PROBES`` consecutive successes of every service; the
   windows then start afresh, so the old failures cannot switch it straight back on.
+  The hold adapts to a flapping service: each time the flag turned on within the last
+  ``FALLBACK_FLAP_WINDOW`` seconds (15 min) doubles the successes it needs — 3, 6, 12, …
+  — up to ``FALLBACK_MAX_HOLD`` seconds of probes (10 min). A service that dies every
+  few seconds then keeps the pipeline on the fallback, rather than every few seconds
+  sending jobs into a service about to die (each such job waits out its retries and ends
+  on the fallback anyway) and switching back (each switch off queues a re-score). A
+  service that stays up for the flap window is back to the plain hold.
 
 The flag lives in Redis (``aurum:fallback``) with a TTL of three probe intervals, refreshed by
 every probe: if beat dies the flag expires, and stages go back to trying the services first
@@ -19,13 +26,15 @@ and counted.
 
 Keys: ``aurum:fallback``, ``aurum:health:{service}:outcomes`` (list, newest first),
 ``aurum:health:{service}:last`` (hash), ``aurum:health:lock``,
-``aurum:metrics:fallback_transitions`` (hash: on, off).
+``aurum:metrics:fallback_transitions`` (hash: on, off), ``aurum:fallback:ons`` (when the
+flag turned on, within the flap window).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +52,16 @@ log = logging.getLogger("aurum_ml.health")
 FLAG_KEY = "aurum:fallback"
 LOCK_KEY = "aurum:health:lock"
 TRANSITIONS_KEY = "aurum:metrics:fallback_transitions"
+ONS_KEY = "aurum:fallback:ons"  # sorted set: when the flag turned on (the flap window)
+
+
+def recovery_probes(settings: Settings, recent_ons: int) -> int:
+    """Consecutive successes the flag needs to turn off, after ``recent_ons`` times on
+    within the flap window (the current one included): doubled for each one before it,
+    capped at FALLBACK_MAX_HOLD seconds of probes (never below HEALTH_RECOVERY_PROBES)."""
+    base = settings.health_recovery_probes
+    cap = max(base, math.ceil(settings.fallback_max_hold_s / settings.health_probe_interval_s))
+    return int(min(cap, base * 2 ** max(0, recent_ons - 1)))
 
 
 def services_of(settings: Settings) -> dict[str, str]:
@@ -64,6 +83,7 @@ class FallbackState:
     age_s: float | None
     last_probe: float | None
     reason: str | None = None
+    hold_probes: int | None = None  # good probes in a row it needs to turn off (adaptive)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +91,7 @@ class FallbackState:
             "age_s": None if self.age_s is None else round(self.age_s, 1),
             "last_probe": self.last_probe,
             "reason": self.reason,
+            "hold_probes": self.hold_probes,
         }
 
 
@@ -85,6 +106,7 @@ def fallback_state(client: Any) -> FallbackState:
         age_s=time.time() - flag["since"],
         last_probe=flag["probed_at"],
         reason=flag.get("reason"),
+        hold_probes=flag.get("hold_probes"),
     )
 
 
@@ -120,14 +142,15 @@ def probe(
         key = f"aurum:health:{name}:outcomes"
         with redis_errors(), client.pipeline(transaction=True) as pipe:
             pipe.lpush(key, "1" if ok else "0")
-            pipe.ltrim(key, 0, settings.health_window - 1)
+            pipe.ltrim(key, 0, max(settings.health_window, recovery_probes(settings, 99)) - 1)
             pipe.lrange(key, 0, -1)
             pipe.hset(
                 f"aurum:health:{name}:last",
                 mapping={"ok": int(ok), "latency_ms": latency_ms, "at": time.time(),
                          "error": error or "", "url": url},
             )  # fmt: skip
-            outcomes = pipe.execute()[2]
+            kept = pipe.execute()[2]
+        outcomes = kept[: settings.health_window]  # the window; older ones count runs only
         full = len(outcomes) >= settings.health_window
         seen[name] = {
             "ok": ok,
@@ -136,7 +159,7 @@ def probe(
             "availability": round(outcomes.count(b"1") / len(outcomes), 3),
             "window_full": full,
             "consecutive_failures": _leading(outcomes, b"0"),
-            "consecutive_successes": _leading(outcomes, b"1"),
+            "consecutive_successes": _leading(kept, b"1"),
         }
     return seen | {"fallback": _decide(client, settings, seen, on_recovery)}
 
@@ -160,9 +183,11 @@ def _decide(
         if s["consecutive_failures"] >= settings.health_failure_probes
         or (s["window_full"] and s["availability"] < settings.simulated_ml_threshold)
     ]
-    recovered = all(
-        s["consecutive_successes"] >= settings.health_recovery_probes for s in seen.values()
-    )
+    with redis_errors():
+        client.zremrangebyscore(ONS_KEY, "-inf", now - settings.fallback_flap_window_s)
+        recent_ons = int(client.zcard(ONS_KEY))
+    hold = recovery_probes(settings, recent_ons)
+    recovered = all(s["consecutive_successes"] >= hold for s in seen.values())
     active = not recovered if was_active else bool(failing)
     changed = previous is None or active != was_active
     since = previous["since"] if previous and not changed else now
@@ -170,7 +195,14 @@ def _decide(
         reason = previous["reason"] if previous else None  # why it turned on, kept
     else:
         reason = "; ".join(failing) if active else None
-    flag = {"active": active, "since": since, "probed_at": now, "reason": reason}
+    if active and not was_active:  # turning on: one more within the flap window
+        with redis_errors(), client.pipeline(transaction=True) as pipe:
+            pipe.zadd(ONS_KEY, {repr(now): now})
+            pipe.expire(ONS_KEY, max(1, math.ceil(settings.fallback_flap_window_s)))
+            pipe.zcard(ONS_KEY)
+            hold = recovery_probes(settings, int(pipe.execute()[2]))
+    flag = {"active": active, "since": since, "probed_at": now, "reason": reason,
+            "hold_probes": hold if active else None}  # fmt: skip
     ttl = max(1, round(3 * settings.health_probe_interval_s))
     with redis_errors():
         client.set(FLAG_KEY, json.dumps(flag), ex=ttl)
@@ -182,13 +214,14 @@ def _decide(
                     client.ltrim(key, 0, s["consecutive_successes"] - 1)
     if previous is not None and active != was_active:
         if active:
-            log.warning("fallback ON: %s", reason)
+            log.warning("fallback ON: %s (off after %d good probes in a row)", reason, hold)
         else:
             log.warning("fallback OFF: the services recovered")
             on_recovery()
     elif previous is None and active:
-        log.warning("fallback ON: %s", reason)
-    return {"active": active, "changed": changed and previous is not None, "reason": reason}
+        log.warning("fallback ON: %s (off after %d good probes in a row)", reason, hold)
+    return {"active": active, "changed": changed and previous is not None, "reason": reason,
+            "hold_probes": flag["hold_probes"]}  # fmt: skip
 
 
 def transitions(client: Any) -> dict[str, int]:

@@ -140,6 +140,10 @@ class Settings(BaseSettings):
     health_window: int = Field(10, ge=1, le=1000, validation_alias="HEALTH_WINDOW")
     health_failure_probes: int = Field(2, ge=1, le=100, validation_alias="HEALTH_FAILURE_PROBES")
     health_recovery_probes: int = Field(3, ge=1, le=100, validation_alias="HEALTH_RECOVERY_PROBES")
+    # adaptive hold (aurum_ml.health): each time the flag turned on within this many
+    # seconds before, the successes it needs to turn off double, up to FALLBACK_MAX_HOLD s
+    fallback_flap_window_s: float = Field(900.0, ge=0, validation_alias="FALLBACK_FLAP_WINDOW")
+    fallback_max_hold_s: float = Field(600.0, ge=0, validation_alias="FALLBACK_MAX_HOLD")
     fallback_backend: Literal["local", "simulated"] = Field(
         "local", validation_alias="FALLBACK_BACKEND"
     )

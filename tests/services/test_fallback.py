@@ -23,7 +23,9 @@ from servers import TOKEN, ServiceProcess
 INTERVAL = 1.0
 TEST_REDIS = os.environ["AURUM_BROKER_URL"]  # set by tests/conftest.py
 TIMEOUT = 120
-HEALTH_KEYS = ("aurum:fallback", "aurum:health:*", "aurum:metrics:*", "aurum:degraded*")
+HEALTH_KEYS = (
+    "aurum:fallback", "aurum:fallback:*", "aurum:health:*", "aurum:metrics:*", "aurum:degraded*"
+)  # fmt: skip
 
 
 def _clear_health(redis_client) -> None:
@@ -76,7 +78,8 @@ def test_dead_service_turns_the_flag_on_after_two_failures_and_off_after_recover
         assert first["detection"]["ok"] is False and first["fallback"]["active"] is False
         second = _probe(redis_client, settings)
         assert second["fallback"] == {
-            "active": True, "changed": True, "reason": "detection: 2 failed probes in a row"
+            "active": True, "changed": True, "reason": "detection: 2 failed probes in a row",
+            "hold_probes": 2,
         }  # fmt: skip
         assert health.fallback_state(redis_client).active is True
         assert _probe(redis_client, settings)["fallback"]["active"] is True  # 3rd failure
@@ -104,6 +107,44 @@ def test_a_flaky_service_turns_the_flag_on_by_availability(
         proxy.stop()
     # never two failures in a row, but 2/5 = 40 % < 70 % once the window is full
     assert decisions == [False, False, False, False, True]
+
+
+def test_a_flapping_service_holds_the_flag_longer_each_time(
+    clean_health, redis_client, runtime, detection_url
+):
+    """#25: a service dying every 16 s cycled the flag 4 times in 110 s. Each time the flag
+    turned on within the flap window doubles the good probes it needs to turn off (2, 4,
+    8, capped at FALLBACK_MAX_HOLD); once the window passed without a flap, back to 2."""
+    proxy = FaultServer(detection_url, []).start()
+    settings = _tuned(
+        runtime, face_detection_service=proxy.url, health_probe_interval_s=0.2,
+        fallback_flap_window_s=120, fallback_max_hold_s=1.6,  # cap: 8 probes
+    )  # fmt: skip
+
+    def goes_off_after(good: int) -> int | None:
+        """Fail twice (on), then count the good probes until it turns off."""
+        proxy.script[:] = ["503", "503"]
+        for _ in range(2):
+            _probe(redis_client, settings)
+        assert health.fallback_state(redis_client).active is True
+        for n in range(1, good + 1):
+            if not _probe(redis_client, settings)["fallback"]["active"]:
+                return n
+        return None
+
+    try:
+        assert goes_off_after(12) == 2
+        assert goes_off_after(12) == 4
+        assert health.fallback_state(redis_client).active is False
+        assert goes_off_after(12) == 8
+        assert goes_off_after(12) == 8  # capped
+        assert health.transitions(redis_client) == {"on": 4, "off": 4}
+        # a flap window without a flap: the plain hold again
+        settings = settings.model_copy(update={"fallback_flap_window_s": 0.5})
+        time.sleep(0.6)
+        assert goes_off_after(12) == 2
+    finally:
+        proxy.stop()
 
 
 def test_a_second_probe_within_a_quarter_interval_does_nothing(
