@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -328,17 +329,20 @@ class ScoreIndex:
     def _run_key(self) -> str:
         return f"{self._prefix}:rank:run"
 
-    def run_begin(self, host: str, pid: int, lease_s: float) -> tuple[str | None, bool]:
+    def run_begin(
+        self, host: str, pid: int, lease_s: float, dead: str | None = None
+    ) -> tuple[str | None, bool]:
         """Record a re-rank as under way: ``(token, lost)``. The token is None when a run
         holds a live lease (one at a time: two would share the staging set). A record
-        whose lease lapsed is a run that died: it is taken over, counted as lost (``lost``
-        true) and its staging set cleared."""
+        whose lease lapsed — or whose token is ``dead``, a run the caller knows died — is a
+        run that died: taken over, counted as lost (``lost`` true), its staging set cleared."""
         token = secrets.token_hex(8)
 
         def begin(pipe: Any) -> tuple[str | None, bool]:
             held = self._run_of(pipe.hgetall(self._run_key))
             now = time.time()
-            if held and float(held.get("lease_until", 0)) > now:
+            lapsed = float(held.get("lease_until", 0)) <= now
+            if held and not lapsed and held.get("token") != dead:
                 return None, False
             pipe.multi()
             if held:
@@ -348,7 +352,8 @@ class ScoreIndex:
             pipe.hset(
                 self._run_key,
                 mapping={"token": token, "host": host, "pid": pid, "started": now,
-                         "lease_until": now + lease_s, "phase": "centroid"},
+                         "machine": socket.gethostname(), "lease_until": now + lease_s,
+                         "phase": "centroid"},
             )  # fmt: skip
             return token, bool(held)
 

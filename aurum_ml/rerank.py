@@ -103,6 +103,11 @@ class _Run:
         self.index = runtime.index
         owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         token, self.took_over = self.index.run_begin(owner, os.getpid(), LEASE_S)
+        held = self.index.run_under_way() if token is None else None
+        if held and _died_here(held):
+            token, self.took_over = self.index.run_begin(
+                owner, os.getpid(), LEASE_S, dead=held["token"]
+            )
         if token is None:
             raise RerankBusy("a re-rank is already under way; this one did nothing")
         self.token = token
@@ -113,6 +118,20 @@ class _Run:
 
     def end(self) -> None:
         self.index.run_end(self.token)
+
+
+def _died_here(held: dict[str, str] | None) -> bool:
+    """The run was this machine's and its process is gone (a CLI run killed, a worker
+    restarted before its lease lapsed): no need to wait out the lease."""
+    if not held or held.get("machine") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(held.get("pid", "0")), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):  # alive under another user, or no pid recorded
+        return False
+    return False
 
 
 def _batches(

@@ -392,3 +392,13 @@ def test_one_rerank_at_a_time_and_a_dead_one_is_reaped_by_the_sweep(pipeline_wor
         m for m in PipelineCollector(runtime, ()).collect() if m.name == "aurum_rerank_lost"
     )
     assert lost.samples[0].value == lost_before + 1
+
+    # a run of this machine whose process is gone (a CLI re-rank killed) is taken over at
+    # once, its lease notwithstanding
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    assert index.run_begin("cli", gone.pid, lease_s=600)[0] is not None
+    assert rerank(runtime, update_payloads=False).faces == index.count()
+    assert int(client.get(RERANK_LOST)) == lost_before + 2
