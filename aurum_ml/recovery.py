@@ -31,11 +31,13 @@ LEASE_S = 1860  # the task's hard time limit: a killed run's lock lapses with it
 
 
 def rescore_degraded(
-    runtime: Runtime, replace_result: Callable[[str, dict[str, Any]], None] = lambda i, r: None
+    runtime: Runtime,
+    replace_result: Callable[[str, dict[str, Any] | None], None] = lambda i, r: None,
 ) -> dict[str, Any]:
     """Re-score every degraded job; returns the job ids re-scored and those expired. One
     run at a time (a lock with a lease): a run that finds another under way returns
-    ``skipped`` — the other re-scores every job once."""
+    ``skipped`` — the other re-scores every job once. ``replace_result(job_id, result)``
+    stores a job's new result under its id; with None, forgets it (an erasure came)."""
     degraded = runtime.degraded
     token = degraded.lock(LEASE_S)
     if token is None:
@@ -48,7 +50,7 @@ def rescore_degraded(
 
 
 def _rescore(
-    runtime: Runtime, replace_result: Callable[[str, dict[str, Any]], None]
+    runtime: Runtime, replace_result: Callable[[str, dict[str, Any] | None], None]
 ) -> dict[str, Any]:
     degraded = runtime.degraded
     detector = runtime.detect_service or runtime.local
@@ -92,7 +94,15 @@ def _rescore(
             if degraded.expire(job_id):
                 expired.append(job_id)
             continue
-        replace_result(job_id, result.model_dump(mode="json"))
+        # an erasure between the store and here took the job's result: write none back
+        # (None forgets it: an erasure landing while it is written leaves none either)
+        if not runtime.users.erased_after(record.user_id, record.epoch):
+            replace_result(job_id, result.model_dump(mode="json"))
+        if runtime.users.erased_after(record.user_id, record.epoch):
+            replace_result(job_id, None)
+            degraded.done(job_id)
+            erased.append(job_id)
+            continue
         degraded.done(job_id)
         rescored.append(job_id)
     return {

@@ -148,13 +148,36 @@ class PipelineState:
             return bool(self.redis.exists(self._image_key(sha256)))
 
     def drop(self, sha256s: list[str], job_ids: list[str]) -> int:
-        """Delete images and embeddings outright (erasure); returns the keys deleted."""
-        keys = [self._image_key(s) for s in sha256s] + [self._refs_key(s) for s in sha256s]
-        keys += [self._vector_key(j) for j in job_ids] + [self._chip_key(j) for j in job_ids]
-        if not keys:
-            return 0
+        """An erasure: delete the jobs' embeddings and face chips, take the jobs off their
+        images, and delete each image no other job needs — another user may have sent the
+        same bytes, and their job must not lose its image (a job of the erased user the
+        records did not name keeps it until that job ends, which stores nothing, or its
+        TTL). Returns the keys deleted."""
+        deleted = 0
+        derived = [self._vector_key(j) for j in job_ids] + [self._chip_key(j) for j in job_ids]
         with redis_errors():
-            return int(self.redis.delete(*keys))
+            if derived:
+                deleted += int(self.redis.delete(*derived))
+            for sha256 in sha256s:
+                refs = self._refs_key(sha256)
+
+                def take_off(pipe: Any, refs: str = refs, sha256: str = sha256) -> int:
+                    remaining = set(pipe.smembers(refs)) - {j.encode() for j in job_ids}
+                    pipe.multi()
+                    if job_ids:
+                        pipe.srem(refs, *job_ids)
+                    if not remaining:
+                        pipe.delete(self._image_key(sha256), refs)
+                    return 0 if remaining else 2
+
+                deleted += int(self.redis.transaction(take_off, refs, value_from_callable=True))
+        return deleted
+
+    def drop_derived(self, job_id: str) -> None:
+        """The job's embedding and face chip, which nothing reads again (a degraded job
+        keeps its image for the re-score, which derives them anew)."""
+        with redis_errors():
+            self.redis.delete(self._vector_key(job_id), self._chip_key(job_id))
 
     def release(self, sha256: str, job_id: str) -> None:
         """The job is done with its image and embedding: delete them (the image only when

@@ -661,11 +661,12 @@ def probe_health() -> dict[str, Any]:
 def rescore_degraded() -> dict[str, Any]:
     """Re-score the simulated fallback's results through the services (same job ids)."""
 
-    def replace(job_id: str, result: dict[str, Any]) -> None:
+    def replace(job_id: str, result: dict[str, Any] | None) -> None:
         # The backend never overwrites a SUCCESS (its guard against duplicate deliveries):
-        # forget the simulated result first.
+        # forget the simulated result first. None: the user was erased, forget it only.
         app.backend.forget(job_id)
-        app.backend.store_result(job_id, result, states.SUCCESS)
+        if result is not None:
+            app.backend.store_result(job_id, result, states.SUCCESS)
 
     return rescore_degraded_jobs(get_runtime(), replace)
 

@@ -14,7 +14,7 @@ Keys (``{uid}`` is the user id):
 
 Erasure is final. ``aurum:erased:{sha256(uid)}`` counts the user's erasures (their
 *epoch*); every job takes the epoch current at its first admission
-(``aurum:jobepoch:{job_id}``, so a redelivered intake keeps it) and carries it to the end.
+(``aurum:jobepoch:{sha256(job_id)}``, so a redelivered intake keeps it) and carries it to the end.
 Nothing is stored for a job whose epoch is older than the user's — not by a stage still in
 flight, a redelivered message, nor the fallback's re-score days later. The counter
 outlives every job that could carry an older epoch (``tombstone_s``) and is refreshed by
@@ -95,7 +95,10 @@ class UserRecords:
         """The epoch of the job's first admission, and whether the user was erased since.
         A redelivered intake finds the epoch its first delivery recorded."""
         tombstone = self._tombstone(user_id)
-        key = f"aurum:jobepoch:{job_id}"
+        # named by a digest of the job id: it must outlive an erasure (a redelivered intake
+        # of an erased user's job finds the old epoch and stores nothing), and an erasure
+        # leaves no id of the user's jobs in Redis
+        key = f"aurum:jobepoch:{hashlib.sha256(job_id.encode()).hexdigest()[:32]}"
         with redis_errors():
             current = int(self.redis.get(tombstone) or 0)
             self.redis.set(key, current, nx=True, ex=self.pending_ttl_s)

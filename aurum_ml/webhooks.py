@@ -168,7 +168,8 @@ class HookRecords:
         attempt the record waits for, while no other copy holds it (a lease, so a copy
         killed mid-POST does not block the redelivered one for ever). A copy of an attempt
         already made — Redis redelivers a retry waiting longer than the visibility
-        timeout — or of one under way elsewhere is told no, and drops out."""
+        timeout — or of one under way elsewhere is told no, and drops out. The attempt is
+        counted here, before its POST leaves: a copy killed mid-POST is counted too."""
         key = self._key(job_id)
 
         def take(pipe: Any) -> bool:
@@ -178,15 +179,16 @@ class HookRecords:
                 return False
             pipe.multi()  # ("next" set too: a record from before it existed has none)
             pipe.hset(key, mapping={"lease": now + lease_s, "next": attempt})
+            pipe.hincrby(key, "attempts", 1)
             return True
 
         with redis_errors():  # (a concurrent change re-runs take, which then says no)
             return bool(self.redis.transaction(take, key, value_from_callable=True))
 
     def attempted(self, job_id: str, status: int | str, delivered: bool, final: bool) -> None:
-        """A POST left (or was refused for good): counted, and the next attempt is due."""
+        """A POST left (or was refused for good; :meth:`claim` counted it): the next
+        attempt is due."""
         with redis_errors(), self.redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(self._key(job_id), "attempts", 1)
             pipe.hincrby(self._key(job_id), "next", 1)
             pipe.hset(
                 self._key(job_id),

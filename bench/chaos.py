@@ -179,14 +179,17 @@ class Caller:
         self.photos = photos
         self.process: subprocess.Popen | None = None
 
-    def start(self, deadline_s: float, rate: float = 0) -> Caller:
+    def start(
+        self, deadline_s: float, rate: float = 0, hook: str = "", keep: bool = False
+    ) -> Caller:
         self.started = time.monotonic()
         with self.log.open("w") as log:
             self.process = subprocess.Popen(
                 [sys.executable, str(Path(__file__)), "caller", "--jobs", str(self.jobs),
                  "--photos", str(self.photos), "--prefix", self.prefix,
                  "--progress", str(self.progress), "--out", str(self.out),
-                 "--deadline", str(deadline_s), "--rate", str(rate)],
+                 "--deadline", str(deadline_s), "--rate", str(rate), "--hook", hook,
+                 *(["--keep"] if keep else [])],
                 env=self.stack.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
             )  # fmt: skip
         return self
@@ -209,10 +212,16 @@ def run_caller(args: argparse.Namespace) -> None:
     """Submit ``jobs`` photos for distinct users, wait for all, write a summary. Survives a
     Redis restart: a result read that fails is read again until the deadline."""
     from celery.result import AsyncResult
+    from celery.utils import uuid
 
+    from aurum_ml.runtime import get_runtime
     from aurum_ml.tasks import forget_user, score_face, stats
 
     photos = [base64.b64encode((Path(args.photos) / n).read_bytes()).decode() for n in PHOTOS]
+    submitted_at: dict[str, float] = {}
+    users_of: dict[str, str] = {}
+    latencies: list[float] = []
+    degraded = 0
     started = time.monotonic()
     deadline = started + args.deadline
     pending: dict[str, str] = {}
@@ -228,12 +237,18 @@ def run_caller(args: argparse.Namespace) -> None:
         ):
             user = f"{args.prefix}-{submitted}"
             try:
-                result = score_face.delay(photos[submitted % len(photos)], user_id=user)
+                job_id = uuid()
+                if args.hook:  # as the HTTP API does: the webhook recorded, then the job sent
+                    get_runtime().hooks.register(job_id, args.hook)
+                result = score_face.apply_async(
+                    (photos[submitted % len(photos)],), {"user_id": user}, task_id=job_id
+                )
+                submitted_at[job_id] = time.monotonic()
             except Exception as exc:  # the broker is down longer than the publish retries
                 caller_errors[f"submit: {type(exc).__name__}"] += 1
                 time.sleep(1)
                 break
-            pending[result.id] = user
+            pending[result.id] = users_of[result.id] = user
             submitted += 1
         for job_id in list(pending):
             try:
@@ -244,6 +259,7 @@ def run_caller(args: argparse.Namespace) -> None:
                     out = result.get(timeout=5, disable_sync_subtasks=False)
                     outcome = out["status"] if out.get("reason") is None else out["reason"]
                     sources[str(out.get("source"))] += 1
+                    degraded += bool(out.get("degraded"))
                 except Exception as exc:  # the job itself failed
                     if type(exc).__module__.startswith(("redis", "kombu")):
                         raise
@@ -253,6 +269,7 @@ def run_caller(args: argparse.Namespace) -> None:
                 time.sleep(0.5)
                 continue
             outcomes[job_id] = outcome
+            latencies.append(time.monotonic() - submitted_at.get(job_id, started))
             del pending[job_id]
             progress.write(f"{job_id} {outcome}\n")
             progress.flush()
@@ -278,7 +295,7 @@ def run_caller(args: argparse.Namespace) -> None:
             time.sleep(1)
     # erasure after the faults: forget every user of the run, then count what is left
     forgotten = 0
-    for i in range(args.jobs):
+    for i in range(0 if args.keep else args.jobs):
         try:
             forget_user.delay(f"{args.prefix}-{i}").get(timeout=60)
             forgotten += 1
@@ -295,6 +312,10 @@ def run_caller(args: argparse.Namespace) -> None:
         "faces_after_forget": faces_after_forget,
         "outcomes": dict(Counter(outcomes.values())),
         "sources": dict(sources),
+        "degraded": degraded,
+        "job_ids": sorted(outcomes),
+        "users": {job_id: user for job_id, user in users_of.items() if job_id in outcomes},
+        "latency_s": _quantiles(latencies),
         "unresolved": pending_total,
         "unresolved_ids": sorted(pending)[:20],
         "stuck": stuck,
@@ -304,6 +325,16 @@ def run_caller(args: argparse.Namespace) -> None:
         "faces_in_index": faces,
     }
     Path(args.out).write_text(json.dumps(summary, indent=2))
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    return {
+        f"p{q}": round(ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))], 1)
+        for q in (50, 95, 100)
+    }
 
 
 def run_corpus(args: argparse.Namespace) -> None:
@@ -401,10 +432,12 @@ def mentions(stack: Stack, needle: str) -> int:
 
 
 @contextlib.contextmanager
-def workers(stack: Stack, beat: bool = False) -> Iterator[tuple[Worker, Worker]]:
+def workers(
+    stack: Stack, beat: bool = False, store_threads: int = 1
+) -> Iterator[tuple[Worker, Worker]]:
     """The scenario's model and store workers, and beat if asked (its sweep sends lost
     jobs again: aurum_ml.redrive); everything (Redis too) stopped at the end."""
-    store = Worker(stack, "store", STORE_QUEUES, "threads", 1).start()
+    store = Worker(stack, "store", STORE_QUEUES, "threads", store_threads).start()
     model = Worker(stack, "model", MODEL_QUEUES, "prefork", 2).start()
     beat_process = None
     if beat:
@@ -692,12 +725,17 @@ def main() -> None:
     caller.add_argument("--out", required=True)
     caller.add_argument("--deadline", type=float, default=600)
     caller.add_argument("--rate", type=float, default=0, help="jobs per second (0: all now)")
+    caller.add_argument("--hook", default="", help="a webhook URL for every job")
+    caller.add_argument("--keep", action="store_true", help="do not forget the users")
     corpus = sub.add_parser("corpus")
     corpus.add_argument("--photos", required=True)
     corpus.add_argument("--prefix", required=True)
     corpus.add_argument("--out", required=True)
     parser.add_argument("--jobs", type=int, default=150)
     parser.add_argument("--report", default=str(ROOT / "docs" / "reliability.md"))
+    parser.add_argument("--only", default="", help="comma-separated scenario names")
+    parser.add_argument("--faces", type=int, default=100_000, help="stored before the re-rank")
+    parser.add_argument("--outages", default="130,600", help="receiver outages, seconds")
     args = parser.parse_args()
     if args.command == "caller":
         run_caller(args)
@@ -709,6 +747,10 @@ def main() -> None:
     from photos import fetch
 
     photos = fetch()
+    sys.path.insert(0, str(ROOT / "bench"))
+    import chaos_edges as edges
+
+    outages = tuple(float(s) for s in args.outages.split(","))
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="aurum-chaos-") as tmp:
         scenarios = {
@@ -718,8 +760,20 @@ def main() -> None:
             "rabbitmq": lambda f: rabbitmq_connections(f, photos, 100, 30),
             "services": lambda f: services_down(f, photos, 90, 1.5, 30.0, 2.0),
             "bad_input": lambda f: bad_input(f, photos),
+            # #25: delivery, maintenance and flapping (bench/chaos_edges.py)
+            "notify_kill": lambda f: edges.notify_worker_kill(f, photos, 60),
+            "receiver_outage": lambda f: edges.receiver_outage(f, photos, 20, outages),
+            "rerank_kill": lambda f: edges.store_kill_during_rerank(f, photos, args.faces, 60),
+            "erasure_rescore": lambda f: edges.erasure_during_rescore(f, photos, 40, 10),
+            "flapping_plain": lambda f: edges.flapping_service(f, photos, 110, 16, False),
+            "flapping_adaptive": lambda f: edges.flapping_service(f, photos, 110, 16, True),
         }
+        only = [n for n in args.only.split(",") if n]
+        if unknown := set(only) - set(scenarios):
+            parser.error(f"unknown scenarios: {sorted(unknown)}; known: {sorted(scenarios)}")
         for name, run in scenarios.items():
+            if only and name not in only:
+                continue
             print(f"--- {name}", flush=True)
             results[name] = run(Path(tmp) / name)
             print(json.dumps(results[name], indent=2), flush=True)
@@ -784,6 +838,7 @@ def write_report(path: Path, results: dict[str, Any]) -> None:
             f"Workers alive: {b['workers_alive']}. Model worker group RSS (main + 2 children, "
             f"MB): {b['rss_mb']}. Images/vectors left: {b['leftovers']}.",
         ]
+    lines += _edge_rows(results)
     lines += [
         "",
         "The kill and Redis scenarios also run small in `make test` "
@@ -791,6 +846,83 @@ def write_report(path: Path, results: dict[str, Any]) -> None:
         "corpus through score_face and both services (tests/services/test_corpus.py).",
     ]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _edge_rows(results: dict[str, Any]) -> list[str]:
+    """The #25 scenarios (bench/chaos_edges.py): jobs, lost, duplicated deliveries, recovery."""
+    rows = []
+    if "notify_kill" in results:
+        r = results["notify_kill"]
+        w = r["webhooks"]
+        rows.append(
+            f"| notify worker SIGKILL | {r['jobs']} | {r['unresolved']} | "
+            f"{w['duplicated_deliveries']} | {r['recovered_s']} | receiver answering in 2 s; "
+            f"the notify worker (threads × 4) killed after a third of the deliveries with "
+            f"{r['posts_in_flight_at_kill']} POSTs in flight, restarted; {w['delivered_once']} "
+            f"delivered once, {w['not_delivered']} never; {w['posts']} POSTs received, "
+            f"{w['attempts_counted']} attempts counted |"
+        )
+    if "receiver_outage" in results:
+        r = results["receiver_outage"]
+        for outage in r["outages_s"]:
+            o = r[f"outage_{round(outage)}s"]
+            w = o["webhooks"]
+            rows.append(
+                f"| receiver down {round(outage)} s | {w['jobs']} | {o['unresolved']} | "
+                f"{w['duplicated_deliveries']} | {o['last_delivery_s_after_up']} | 503 for "
+                f"{round(outage)} s, then 200 (visibility timeout 100 s, back-off to 5 min): "
+                f"{w['delivered_once']} delivered exactly once, {w['not_delivered']} never; "
+                f"{w['posts']} POSTs received, {w['attempts_counted']} attempts counted, at "
+                f"most {w['max_attempts']} for a job; recovery = last delivery after the "
+                f"receiver was back |"
+            )
+    if "rerank_kill" in results:
+        r = results["rerank_kill"]
+        rows.append(
+            f"| store worker SIGKILL in the re-rank | {r['jobs']} | {r['unresolved']} | — | "
+            f"{r['resolved_s_after_kill']} | {r['faces']:,} faces stored, jobs at 2/s; killed "
+            f"in the re-rank's index build, restarted: every job resolved "
+            f"{r['resolved_s_after_kill']} s after the kill; re-rank lost {r['rerank_lost']}, "
+            f"redone: {r['rerank_redone']}, staging set left: {r['staging_left']}; index n "
+            f"{r['index_n']:,} = members {r['index_members']:,} (stored faces "
+            f"{r['expected_n']:,}) |"
+        )
+    if "erasure_rescore" in results:
+        r = results["erasure_rescore"]
+        rows.append(
+            f"| erasure during the re-score | {r['jobs']} | {r['unresolved']} | — | — | "
+            f"services down, {r['degraded']} degraded answers; services back, "
+            f"{r['erased_users']} users erased while the re-score ran "
+            f"({r['erasure_during_rescore']}): keys still naming an erased user or one of "
+            f"their {r['erased_jobs']} jobs: {len(r['keys_naming_an_erased_user_or_job'])}; "
+            f"expired list: {r['expired_list']}; faces in the index: {r['faces_in_index']} "
+            f"(expected {r['rescored_expected']}) |"
+        )
+    for name in ("flapping_plain", "flapping_adaptive"):
+        if name in results:
+            r = results[name]
+            hold = "adaptive hold" if r["adaptive"] else "plain hold (before #25)"
+            rows.append(
+                f"| flapping service, {hold} | {r['jobs']} | {r['unresolved']} | — | — | "
+                f"detection SIGKILLed every {r['period_s']} s ({r['kills']} times) and "
+                f"restarted, a job a second, probes every 2 s: flag transitions "
+                f"{r['transitions']}; answers by source {r['sources']}; latency "
+                f"{r['latency_s']} |"
+            )
+    if not rows:
+        return []
+    return [
+        "",
+        "## Delivery, maintenance and a flapping service (#25)",
+        "",
+        "Same set-up, plus a notify worker (threads × 4) and webhooks to a receiver of the",
+        "run's own on loopback (bench/chaos_edges.py). Lost = jobs without a result (or, for",
+        "webhooks, without a successful delivery); recovery in seconds.",
+        "",
+        "| scenario | jobs | lost | duplicated deliveries | recovery s | what happened |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def store(
         # its TTL) for the re-score once the services are back.
         job = job.model_copy(update={"status": "scored"})
         degraded.record(job)
+        state.drop_derived(job.job_id)  # the image stays; its chip and vector need not
         if users.erased_after(job.user_id, job.epoch):  # erased meanwhile: no record left
             degraded.done(job.job_id)
             state.release(job.image_sha256, job.job_id)

@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 from aurum_ml.forget import forget_user
 from aurum_ml.recovery import rescore_degraded
 from aurum_ml.schemas import Job
@@ -39,13 +41,18 @@ def test_an_erasure_during_a_rescore_leaves_no_job_id_anywhere(
     ]
     erased = []
 
-    def replaced(job_id: str, result: dict) -> None:  # after the first job is stored
+    calls = []
+
+    def replaced(job_id: str, result: dict | None) -> None:  # the first job's write-back
+        calls.append((job_id, result is None))
         if not erased:
             erased.append(forget_user(runtime, "u-rescore-erased"))
 
     report = rescore_degraded(runtime, replaced)
-    assert erased and report["rescored"] == ["rescore-u-1"]
-    assert report["expired"] == [] and report["erased"] == ["rescore-u-2", "rescore-u-3"]
+    # the first was erased as its result was written back: forgotten again, not re-scored
+    assert erased and report["rescored"] == [] and report["expired"] == []
+    assert report["erased"] == ["rescore-u-1", "rescore-u-2", "rescore-u-3"]
+    assert calls == [("rescore-u-1", False), ("rescore-u-1", True)]  # written, then forgotten
     for job in jobs:  # before #25 the other two stayed in aurum:degraded:expired for ever
         assert redis_mentions(redis_client, job.job_id) == [], job.job_id
     assert redis_mentions(redis_client, "u-rescore-erased") == []
@@ -81,3 +88,28 @@ def test_rescores_run_one_at_a_time_and_each_job_once(runtime, model, photos):
     assert held is not None and "skipped" not in rescore_degraded(runtime)
     for n in range(2):
         forget_user(runtime, f"u-rescore-once-{n}")
+
+
+def test_an_erasure_leaves_another_users_job_with_the_same_photo_its_image(
+    runtime, model, photos, redis_client
+):
+    """#25 (found by `make chaos`): the erasure deleted the images of the user's jobs
+    outright — also when another user had sent the same bytes, whose degraded job then
+    lost its image and was listed as expired instead of re-scored. The erasure takes its
+    jobs off the image; the image goes when no job needs it. Its jobs' epoch records, kept
+    so a redelivered intake still stores nothing, name no job id."""
+    now = time.time()
+    mine = _degraded(runtime, photos, "same-photo-1", "u-same-photo-erased", "obama.jpg", now)
+    theirs = _degraded(runtime, photos, "same-photo-2", "u-same-photo-kept", "obama.jpg", now + 1)
+    for job in (mine, theirs):
+        runtime.users.job_epoch(job.user_id, job.job_id)  # as intake records it
+        runtime.state.put_chip(job.job_id, np.zeros((150, 150, 3), np.uint8))
+    runtime.users.note_image("u-same-photo-erased", mine.image_sha256)
+    forget_user(runtime, "u-same-photo-erased")
+    assert runtime.state.has_image(theirs.image_sha256)  # deleted before the fix
+    report = rescore_degraded(runtime)
+    assert report["rescored"] == ["same-photo-2"] and report["expired"] == []
+    assert redis_mentions(redis_client, "same-photo-1") == []
+    assert not runtime.state.has_image(theirs.image_sha256)  # released once re-scored
+    forget_user(runtime, "u-same-photo-kept")
+    assert redis_mentions(redis_client, "same-photo-2") == []

@@ -303,6 +303,8 @@ def test_simulated_results_are_rescored_after_recovery_like_a_normal_run(
     assert degraded["point_id"] is None and cluster.calls() == []
     assert cluster.runtime.degraded.pending() == [job.id]
     assert cluster.runtime.vectors.user_points("u-degraded") == []  # kept out of the collection
+    # its image is kept for the re-score; its face chip and vector are not (#25)
+    assert not redis_client.exists(f"aurum:chip:{job.id}", f"aurum:vec:{job.id}")
 
     cluster.services["detection"].start()
     cluster.services["embedding"].start()
