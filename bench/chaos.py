@@ -904,8 +904,8 @@ def _edge_rows(results: dict[str, Any]) -> list[str]:
             hold = "adaptive hold" if r["adaptive"] else "plain hold (before #25)"
             rows.append(
                 f"| flapping service, {hold} | {r['jobs']} | {r['unresolved']} | — | — | "
-                f"detection SIGKILLed every {r['period_s']} s ({r['kills']} times) and "
-                f"restarted, a job a second, probes every 2 s: flag transitions "
+                f"detection SIGKILLed every {r['period_s']} s ({r['kills']} times), down "
+                f"{r['down_s']} s each, a job a second, probes every 2 s: flag transitions "
                 f"{r['transitions']}; answers by source {r['sources']}; latency "
                 f"{r['latency_s']} |"
             )

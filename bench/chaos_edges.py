@@ -369,9 +369,9 @@ def erasure_during_rescore(folder: Path, photos: Path, jobs: int, erased: int) -
 
 
 def flapping_service(
-    folder: Path, photos: Path, seconds: float, period: float, adaptive: bool
+    folder: Path, photos: Path, seconds: float, period: float, adaptive: bool, down_s: float = 6
 ) -> dict[str, Any]:
-    """The detection service SIGKILLed every ``period`` s (and restarted at once) for
+    """The detection service SIGKILLed every ``period`` s (and started again ``down_s`` later) for
     ``seconds``, a job a second, beat probing every 2 s: how often the flag flips, how the
     jobs were answered and how long they took — with the adaptive hold, or without it
     (FALLBACK_FLAP_WINDOW=0: the plain hold, as before #25)."""
@@ -393,9 +393,10 @@ def flapping_service(
                 caller = Caller(stack, jobs, photos, "flap").start(600, rate=1.0)
                 began = time.monotonic()
                 while time.monotonic() - began < seconds:
-                    time.sleep(period)
+                    time.sleep(max(0.0, began + (kills + 1) * period - time.monotonic()))
                     services["detection"].kill()
                     kills += 1
+                    time.sleep(down_s)
                     services["detection"].start()
                 summary = finish(stack, caller, 660)
             finally:
@@ -405,6 +406,7 @@ def flapping_service(
                 "adaptive": adaptive,
                 "period_s": period,
                 "kills": kills,
+                "down_s": down_s,
                 "transitions": health.transitions(client),
             }
     finally:
