@@ -70,6 +70,32 @@ app.amqp.__dict__["_event_dispatcher"] = app.events.Dispatcher(enabled=False, ho
 
 
 @signals.worker_init.connect(weak=False)
+def _warn_unconfigured_webhooks(sender: Any = None, **_: Any) -> None:
+    """A worker that consumes the notify queue without the webhook settings would refuse
+    every delivery (final, after one attempt): say so loudly at start."""
+    from aurum_ml.settings import get_settings
+
+    if sender is None or "notify" not in set(sender.app.amqp.queues.consume_from):
+        return
+    settings = get_settings()
+    missing = [
+        name
+        for name, value in (
+            ("AURUM_WEBHOOK_SECRET", settings.webhook_secret),
+            ("AURUM_WEBHOOK_ALLOWED_HOSTS", settings.webhook_allowed_hosts),
+        )
+        if not value
+    ]
+    if missing:
+        sys.stderr.write(
+            f"aurum_ml: WARNING: this worker delivers webhooks but {' and '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} unset here: every webhook will be "
+            "refused after one attempt. Give it the API's webhook settings.\n"
+        )
+        sys.stderr.flush()
+
+
+@signals.worker_init.connect(weak=False)
 def _claim_local_folder(sender: Any = None, **_: Any) -> None:
     """A worker that would open a local Qdrant folder it cannot own refuses to start, with
     the rule (aurum_ml.vectors.folder_rule), instead of failing every task it runs."""

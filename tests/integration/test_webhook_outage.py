@@ -77,6 +77,7 @@ def test_a_long_outage_gives_each_webhook_exactly_once(runtime, redis_client, tm
         worker.terminate()
         worker.wait(30)
         server.shutdown()
+    assert "aurum_ml: WARNING" not in (tmp_path / "notify.log").read_text()  # configured
     ok = Counter(j for j, status in _Receiver.posts if status == 200)
     assert ok == dict.fromkeys(JOBS, 1), (ok, _Receiver.posts)  # once each, never twice
     sent = Counter(j for j, _ in _Receiver.posts)
@@ -88,3 +89,26 @@ def test_a_long_outage_gives_each_webhook_exactly_once(runtime, redis_client, tm
     for job in JOBS:
         app.backend.forget(job)
     redis_client.delete("notify", "unacked", "unacked_index")
+
+
+def test_a_notify_worker_without_the_webhook_settings_says_so_at_start(tmp_path):
+    """#27: a notify worker started without the API's webhook settings refused every
+    delivery after one attempt, and said nothing at start."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AURUM_WEBHOOK_")}
+    log_path = tmp_path / "notify.log"
+    worker = subprocess.Popen(
+        [str(ROOT / ".venv/bin/celery"), "-A", "aurum_ml", "worker", "-Q", "notify",
+         "--pool", "threads", "-c", "1", "-n", "notify-bare@%h", "-l", "warning"],
+        cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "aurum_ml: WARNING" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()[-2000:]
+            assert worker.poll() is None, log_path.read_text()[-2000:]
+            time.sleep(0.2)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    line = next(x for x in log_path.read_text().splitlines() if "aurum_ml: WARNING" in x)
+    assert "AURUM_WEBHOOK_SECRET and AURUM_WEBHOOK_ALLOWED_HOSTS are unset" in line
