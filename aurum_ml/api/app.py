@@ -324,7 +324,9 @@ _SCORE_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/ScoreBody"}},
+            # the schema itself: a $ref to a component FastAPI never defines (the body is
+            # read by hand, for multipart) broke every generator (openapi-typescript)
+            "application/json": {"schema": ScoreBody.model_json_schema()},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -349,6 +350,10 @@ def test_health_readiness_and_schema(api):
     body = schema["paths"]["/v1/score"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(body)
     assert {"401", "413", "422", "429"} <= set(schema["paths"]["/v1/score"]["post"]["responses"])
+    assert body["application/json"]["schema"]["required"] == ["image_base64", "user_id"]
+    # every $ref resolves (a dangling one stopped openapi-typescript: #27)
+    refs = re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(schema))
+    assert refs and set(refs) <= set(schema["components"]["schemas"]), set(refs)
 
 
 def test_the_api_serves_its_request_metrics_by_route_template(api):
