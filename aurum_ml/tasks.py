@@ -668,7 +668,10 @@ def rescore_degraded() -> dict[str, Any]:
         if result is not None:
             app.backend.store_result(job_id, result, states.SUCCESS)
 
-    return rescore_degraded_jobs(get_runtime(), replace)
+    # counts only: this report is itself stored as a task result, for a day, and job ids
+    # of users erased during the run (or after it) must not stay there
+    report = rescore_degraded_jobs(get_runtime(), replace)
+    return {k: len(v) if isinstance(v, list) else v for k, v in report.items()}
 
 
 def stage_backlog() -> int:
