@@ -78,6 +78,8 @@ def _warn_unconfigured_webhooks(sender: Any = None, **_: Any) -> None:
     if sender is None or "notify" not in set(sender.app.amqp.queues.consume_from):
         return
     settings = get_settings()
+    if settings.embedded:  # one process, no HTTP API: nobody can ask for a webhook
+        return
     missing = [
         name
         for name, value in (
