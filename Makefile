@@ -57,7 +57,7 @@ bench-memory: photos  ## peak memory of one job on the largest image of each for
 bench-population: photos  ## Edge at 1k/100k/1M faces beside local mode (~6 min; QUICK=1: 1k/100k, under 1 min)
 	$(BIN)/python bench/population.py $(if $(QUICK),--quick)
 
-chaos: photos  ## faults under load (worker kills, Redis and RabbitMQ restarts, services down or flapping, bad input, webhook outages, a kill mid-re-rank, erasure mid-re-score) → docs/reliability.md (~45 min)
+chaos: photos  ## faults under load (worker kills, Redis and RabbitMQ restarts, services down or flapping, bad input, webhook outages, a kill mid-re-rank, erasure mid-re-score) → docs/reliability.md (~55 min; .venv/bin/python bench/chaos.py --only NAME,... runs a subset)
 	$(BIN)/python bench/chaos.py --jobs 150
 
 security: photos  ## the stack (make up) on loopback met by 87 hostile requests and messages, one line per probe; fails on any mismatch (~50 s) → docs/security.md
