@@ -404,26 +404,30 @@ def leftovers(stack: Stack) -> dict[str, int]:
     }
 
 
+def key_values(client: Any, key: bytes) -> list[bytes]:
+    """Every value a key holds, whatever its type (a hash: its fields and values)."""
+    kind = client.type(key)
+    if kind == b"string":
+        return [client.get(key) or b""]
+    if kind == b"hash":
+        return [b for pair in client.hgetall(key).items() for b in pair]
+    if kind == b"set":
+        return list(client.smembers(key))
+    if kind == b"zset":
+        return list(client.zrange(key, 0, -1))
+    if kind == b"list":
+        return list(client.lrange(key, 0, -1))
+    return []
+
+
 def redis_mentions(client: Any, needle: str) -> list[str]:
     """Keys whose name or value holds ``needle``, every type, the whole database."""
-    raw, found = needle.encode(), []
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key)
-        if kind == b"string":
-            values = [client.get(key) or b""]
-        elif kind == b"hash":
-            values = [b for pair in client.hgetall(key).items() for b in pair]
-        elif kind == b"set":
-            values = list(client.smembers(key))
-        elif kind == b"zset":
-            values = list(client.zrange(key, 0, -1))
-        elif kind == b"list":
-            values = list(client.lrange(key, 0, -1))
-        else:
-            values = []
-        if raw in key or any(raw in v for v in values):
-            found.append(key.decode())
-    return found
+    raw = needle.encode()
+    return [
+        key.decode()
+        for key in client.scan_iter(count=1000)
+        if raw in key or any(raw in v for v in key_values(client, key))
+    ]
 
 
 def mentions(stack: Stack, needle: str) -> int:

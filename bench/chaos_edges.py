@@ -27,6 +27,7 @@ from chaos import (
     Worker,
     _settled_leftovers,
     finish,
+    key_values,
     redis_mentions,
     wait_for,
     workers,
@@ -266,23 +267,9 @@ def _naming(client: Any, user: str) -> list[str]:
     exact, quoted = user.encode(), f'"{user}"'.encode()
     found = []
     for key in client.scan_iter(count=1000):
-        if exact in key.split(b":"):
-            found.append(key.decode())
-            continue
-        kind = client.type(key)
-        if kind == b"string":
-            values = [client.get(key) or b""]
-        elif kind == b"hash":
-            values = [b for pair in client.hgetall(key).items() for b in pair]
-        elif kind == b"set":
-            values = list(client.smembers(key))
-        elif kind == b"zset":
-            values = list(client.zrange(key, 0, -1))
-        elif kind == b"list":
-            values = list(client.lrange(key, 0, -1))
-        else:
-            values = []
-        if any(v == exact or quoted in v for v in values):
+        if exact in key.split(b":") or any(
+            v == exact or quoted in v for v in key_values(client, key)
+        ):
             found.append(key.decode())
     return found
 
