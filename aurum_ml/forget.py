@@ -18,12 +18,11 @@ stage time limit has passed (the ``forget_user`` task schedules it).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from aurum_ml.runtime import Runtime
-from aurum_ml.state import JobOwners
+from aurum_ml.population import Population
 
-__all__ = ["SWEEP_AFTER_S", "ResultStore", "forget_user", "sweep"]
+__all__ = ["SWEEP_AFTER_S", "ErasedJobs", "JobRecords", "ResultStore", "forget_user", "sweep"]
 
 SWEEP_AFTER_S = 60  # > the store stage's hard time limit (40 s) plus queueing
 
@@ -39,6 +38,29 @@ class ResultStore(Protocol):
         results' match lists; returns how many changed."""
 
 
+class ErasedJobs(NamedTuple):
+    job_ids: list[str]  # every job of the user's the pipeline knew, degraded ones included
+    degraded: int  # of which waiting for a re-score
+    in_flight_keys: int  # images, chips and vectors deleted
+
+
+@runtime_checkable
+class JobRecords(Protocol):
+    """The pipeline's records of a user's jobs (aurum_ml.runtime.Runtime is one): the
+    population erases through this, never by importing the pipeline."""
+
+    def erase_jobs(self, user_id: str, job_ids: list[str], images: list[str]) -> ErasedJobs:
+        """Drop the jobs' images, chips, vectors, degraded records, pending webhooks,
+        in-flight ledger entries and owners; returns every job id dropped."""
+
+
+class NoJobs:
+    """No pipeline state to erase (a population opened on its own)."""
+
+    def erase_jobs(self, user_id: str, job_ids: list[str], images: list[str]) -> ErasedJobs:
+        return ErasedJobs(sorted(set(job_ids)), 0, 0)
+
+
 class NoResults:
     """No result backend to clean (the embedded default's queries run without one)."""
 
@@ -50,44 +72,43 @@ class NoResults:
 
 
 def forget_user(
-    runtime: Runtime, user_id: str, results: ResultStore | None = None
+    population: Population,
+    user_id: str,
+    results: ResultStore | None = None,
+    jobs: JobRecords | None = None,
 ) -> dict[str, Any]:
     """Erase the user; returns how much was removed (counts only: this report is itself
-    stored as a task result). Safe to run twice."""
+    stored as a task result). Safe to run twice. ``jobs``: the pipeline's records of the
+    user's jobs; by default the population itself when it is one (a Runtime)."""
     results = results or NoResults()
-    runtime.users.mark_erased(user_id)  # first: nothing admitted before now stores again
-    points = runtime.vectors.user_points(user_id)
-    job_ids, images, record_keys = runtime.users.forget(user_id)
-    degraded_jobs, degraded_images = runtime.degraded.forget_user(user_id)
-    removed_from_index = runtime.index.remove([(pid, vector) for pid, vector, _ in points])
-    runtime.vectors.delete([pid for pid, _, _ in points])
-    in_flight = runtime.state.drop(
-        sorted({*images, *degraded_images}), sorted({*job_ids, *degraded_jobs})
-    )
-    all_jobs = sorted({*job_ids, *degraded_jobs})
-    results.forget(all_jobs)
-    runtime.hooks.drop(all_jobs)  # a webhook not yet sent reads the (gone) result: none
-    runtime.inflight.done(*all_jobs)  # a job in flight stops at its next stage anyway
-    JobOwners(runtime.state.redis, 0).drop(*all_jobs)  # the API's status URLs: 404 now
-    named = runtime.users.forget_matches(user_id)
-    scrubbed = results.scrub(named, runtime.users.erasure_key(user_id))
+    if jobs is None:
+        jobs = population if isinstance(population, JobRecords) else NoJobs()
+    population.users.mark_erased(user_id)  # first: nothing admitted before now stores again
+    points = population.vectors.user_points(user_id)
+    job_ids, images, record_keys = population.users.forget(user_id)
+    removed_from_index = population.index.remove([(pid, vector) for pid, vector, _ in points])
+    population.vectors.delete([pid for pid, _, _ in points])
+    erased = jobs.erase_jobs(user_id, job_ids, images)
+    results.forget(erased.job_ids)
+    named = population.users.forget_matches(user_id)
+    scrubbed = results.scrub(named, population.users.erasure_key(user_id))
     return {
         "points": len(points),
         "index_entries": removed_from_index,
         "records": record_keys,
-        "degraded_jobs": len(degraded_jobs),
-        "results": len(all_jobs),
-        "in_flight_keys": in_flight,
+        "degraded_jobs": erased.degraded,
+        "results": len(erased.job_ids),
+        "in_flight_keys": erased.in_flight_keys,
         "other_results_scrubbed": max(scrubbed, len(named)),
     }
 
 
 def sweep(
-    runtime: Runtime, erased: str, job_ids: Iterable[str], results: ResultStore
+    population: Population, erased: str, job_ids: Iterable[str], results: ResultStore
 ) -> dict[str, int]:
     """The erasure's second pass, given the user's erasure key (not their id): results
     written by jobs that were finishing while the first pass ran."""
     job_ids = list(job_ids)
     results.forget(job_ids)
-    named = runtime.users.forget_matches_of(erased)
+    named = population.users.forget_matches_of(erased)
     return {"results": len(job_ids), "other_results_scrubbed": results.scrub(named, erased)}

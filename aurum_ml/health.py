@@ -41,9 +41,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aurum_ml.backends.http import ServiceClient
+from aurum_ml.connection import redis_errors
 from aurum_ml.errors import AurumError
 from aurum_ml.settings import Settings
-from aurum_ml.state import redis_errors
 
 __all__ = ["FallbackState", "fallback_state", "probe", "services_of"]
 

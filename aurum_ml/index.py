@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 import redis
 
+from aurum_ml.connection import redis_errors
 from aurum_ml.schemas import Distribution
-from aurum_ml.state import redis_errors
 from aurum_ml.vibes import VibeReference
 
 __all__ = ["Placement", "ScoreIndex", "midrank_percentiles", "score_of", "unit"]

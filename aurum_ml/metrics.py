@@ -29,8 +29,8 @@ process on every machine:
   ``failed``; ``source`` the backend that answered: ``service``, ``local``, ``simulated``
   or ``none``.
 
-They are Redis counters (:func:`record_stage`, in the one round trip a stage run makes
-for its bookkeeping: see ``PipelineTask.__call__``),
+They are Redis counters (:func:`aurum_ml.telemetry.record_stage`, in the one round trip
+a stage run makes for its bookkeeping: see ``PipelineTask.__call__``),
 not prometheus_client's multiprocess mode: that mode sums the processes of one machine
 through a shared folder, while our workers run on several machines and their prefork
 children come and go. Redis already holds the pipeline's state; the counters are a few
@@ -42,8 +42,6 @@ hundred hash fields, whatever the traffic.
 
 from __future__ import annotations
 
-import contextlib
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -55,32 +53,19 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from aurum_ml.connection import redis_errors
 from aurum_ml.health import fallback_state, last_probes, transitions
 from aurum_ml.index import RERANK_LOST
 from aurum_ml.runtime import Runtime
-from aurum_ml.state import redis_errors
+from aurum_ml.telemetry import BUCKETS, RERANK_LAST, STAGE_JOBS, STAGE_SECONDS, STAGES
 
-__all__ = ["BUCKETS", "STAGES", "PipelineCollector", "record_stage"]
-
-STAGES = ("intake", "detect", "embed", "score", "store")
-# seconds; a stage runs from ~5 ms (score) to seconds (detect on a large photo, a retry)
-BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-_JOBS = "aurum:metrics:stage_jobs"  # hash "{stage}|{outcome}|{source}" → count
-_SECONDS = "aurum:metrics:stage_seconds"  # hash "{stage}|{upper bound}" → count, "|sum"
-
-
-def record_stage(pipe: Any, stage: str, seconds: float, outcome: str, source: str) -> None:
-    """Count one run of a stage, on ``pipe`` (a Redis pipeline the caller executes)."""
-    bound = next((str(b) for b in BUCKETS if seconds <= b), "+Inf")
-    pipe.hincrby(_JOBS, f"{stage}|{outcome}|{source}", 1)
-    pipe.hincrby(_SECONDS, f"{stage}|{bound}", 1)
-    pipe.hincrbyfloat(_SECONDS, f"{stage}|sum", seconds)
+__all__ = ["PipelineCollector"]
 
 
 def _stage_series(client: Any) -> Iterator[Any]:
     with redis_errors():
-        jobs = client.hgetall(_JOBS)
-        seconds = client.hgetall(_SECONDS)
+        jobs = client.hgetall(STAGE_JOBS)
+        seconds = client.hgetall(STAGE_SECONDS)
     counter = CounterMetricFamily(
         "aurum_stage_jobs",
         "Stage runs by outcome (ok, admitted, scored, a rejection reason, retried, failed) "
@@ -104,15 +89,6 @@ def _stage_series(client: Any) -> Iterator[Any]:
             buckets.append((bound, cumulative))
         histogram.add_metric([stage], buckets, sum_value=values[f"{stage}|sum"])
     yield histogram
-
-
-RERANK_LAST = "aurum:rerank:last"  # hash: at (unix s), seconds, faces — the last success
-
-
-def rerank_done(client: Any, seconds: float, faces: int) -> None:
-    """Note a successful re-rank (for the staleness alert)."""
-    with contextlib.suppress(Exception):
-        client.hset(RERANK_LAST, mapping={"at": time.time(), "seconds": seconds, "faces": faces})
 
 
 class PipelineCollector(Collector):

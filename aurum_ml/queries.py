@@ -1,4 +1,4 @@
-"""Questions about the population, as plain functions of a :class:`Runtime`.
+"""Questions about the population, as plain functions of a :class:`~aurum_ml.population.Population`.
 
 Each is also a Celery task on the maintenance queue (``aurum_ml.tasks``) and a CLI command.
 They read the score index (Redis) and the vectors (Qdrant); none changes anything.
@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from aurum_ml.index import score_of
-from aurum_ml.runtime import Runtime
+from aurum_ml.population import Population
 
 __all__ = ["for_tenant", "get_score", "leaderboard", "similar", "stats", "stored_result"]
 
 
-def _standing(runtime: Runtime, point_id: str | None) -> dict[str, Any]:
+def _standing(runtime: Population, point_id: str | None) -> dict[str, Any]:
     placement = runtime.index.standing(point_id) if point_id else None
     if placement is None:
         return {}
@@ -27,7 +27,7 @@ def _standing(runtime: Runtime, point_id: str | None) -> dict[str, Any]:
 
 
 def stored_result(
-    runtime: Runtime, point_id: str, payload: dict[str, Any], matches: list[dict[str, Any]]
+    runtime: Population, point_id: str, payload: dict[str, Any], matches: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """A scored result rebuilt from a stored point: its payload, its standing as it is
     now in the score index (the payload's score, percentile and rank are those of the day
@@ -64,7 +64,7 @@ def stored_result(
     }
 
 
-def get_score(runtime: Runtime, user_id: str) -> dict[str, Any] | None:
+def get_score(runtime: Population, user_id: str) -> dict[str, Any] | None:
     """The user's latest scored result, with score/rank/total as they stand now; None if
     the user has no stored face."""
     cached = runtime.users.latest_result(user_id)
@@ -79,7 +79,7 @@ def get_score(runtime: Runtime, user_id: str) -> dict[str, Any] | None:
     return cached | _standing(runtime, cached.get("point_id")) | {"distribution": distribution}
 
 
-def _of_tenant(runtime: Runtime, users: list[str], tenant: str | None) -> set[str]:
+def _of_tenant(runtime: Population, users: list[str], tenant: str | None) -> set[str]:
     """Those of ``users`` that ``tenant`` owns (all of them for ``tenant=None``)."""
     if tenant is None:
         return set(users)
@@ -87,7 +87,7 @@ def _of_tenant(runtime: Runtime, users: list[str], tenant: str | None) -> set[st
     return {user for user, owner in owners.items() if owner == tenant}
 
 
-def for_tenant(runtime: Runtime, result: Any, tenant: str | None) -> Any:
+def for_tenant(runtime: Population, result: Any, tenant: str | None) -> Any:
     """A result as ``tenant`` may see it: its matches limited to that tenant's users (an
     HTTP API key never learns another tenant's user ids). ``tenant=None``: as it is."""
     if tenant is None or not isinstance(result, dict) or not result.get("matches"):
@@ -98,7 +98,7 @@ def for_tenant(runtime: Runtime, result: Any, tenant: str | None) -> Any:
 
 
 def similar(
-    runtime: Runtime, user_id: str, k: int = 10, tenant: str | None = None
+    runtime: Population, user_id: str, k: int = 10, tenant: str | None = None
 ) -> list[dict[str, Any]] | None:
     """The ``k`` other users whose faces are nearest to the user's latest face (nearest
     first, one entry per user); with ``tenant``, only users that tenant owns (an HTTP
@@ -129,7 +129,7 @@ LEADERBOARD_SCAN = 100_000  # a tenant's board is drawn from this many top faces
 
 
 def leaderboard(
-    runtime: Runtime, limit: int = 10, tenant: str | None = None
+    runtime: Population, limit: int = 10, tenant: str | None = None
 ) -> list[dict[str, Any]]:
     """The most typical faces, one per user (their best), ties broken by the earlier
     stored time; with ``tenant``, that tenant's users only (their rank stays the one in
@@ -159,7 +159,7 @@ def leaderboard(
         window *= 2  # some users hold several of the top faces: look further down
 
 
-def stats(runtime: Runtime) -> dict[str, Any]:
+def stats(runtime: Population) -> dict[str, Any]:
     """Population statistics per model: count, score distribution, top 1/5/10 % thresholds
     (as of the last re-rank)."""
     summary = runtime.index.stats() or {"distribution": None, "thresholds": {}}

@@ -36,7 +36,7 @@ import numpy as np
 from aurum_ml.broker import held
 from aurum_ml.errors import StateUnavailable
 from aurum_ml.index import midrank_percentiles, score_of, unit
-from aurum_ml.runtime import Runtime
+from aurum_ml.population import Population
 from aurum_ml.vibes import ReferenceMoments, vibes_of
 
 __all__ = ["RerankBusy", "RerankReport", "rerank", "summarize"]
@@ -99,7 +99,7 @@ def summarize(scores: np.ndarray, typicalities: np.ndarray) -> dict[str, Any]:
 class _Run:
     """The record of this run in Redis: renewed as it goes; lost means taken over."""
 
-    def __init__(self, runtime: Runtime, owner: str | None) -> None:
+    def __init__(self, runtime: Population, owner: str | None) -> None:
         self.index = runtime.index
         owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         token, self.took_over = self.index.run_begin(owner, os.getpid(), LEASE_S)
@@ -135,7 +135,7 @@ def _died_here(held: dict[str, str] | None) -> bool:
 
 
 def _batches(
-    runtime: Runtime, skip: set[str], with_payload: bool = False, run: _Run | None = None
+    runtime: Population, skip: set[str], with_payload: bool = False, run: _Run | None = None
 ) -> Iterator[tuple[list[str], np.ndarray, list[dict[str, Any]]]]:
     """The stored faces as (point ids, unit embeddings as float64 rows, payloads — empty
     dicts unless ``with_payload``), a batch at a time; each batch renews ``run``."""
@@ -159,7 +159,7 @@ def _batches(
 
 
 def rerank(
-    runtime: Runtime, update_payloads: bool = True, owner: str | None = None
+    runtime: Population, update_payloads: bool = True, owner: str | None = None
 ) -> RerankReport:
     """Recompute and swap in the index of ``runtime``'s model; update the stored payloads'
     vibe tags unless ``update_payloads`` is false (a start-up restore). ``owner`` names
@@ -187,7 +187,7 @@ def rerank(
         run.end()
 
 
-def _rerank(runtime: Runtime, run: _Run, update_payloads: bool, started: float) -> RerankReport:
+def _rerank(runtime: Population, run: _Run, update_payloads: bool, started: float) -> RerankReport:
     settings, index, vectors = runtime.settings, runtime.index, runtime.vectors
     for _attempt in range(_ATTEMPTS):
         gone = index.gone()

@@ -15,10 +15,13 @@ from aurum_ml.backends import FaceBackend
 from aurum_ml.backends.http import HttpFaceBackend
 from aurum_ml.backends.local import LocalFaceModel
 from aurum_ml.backends.simulated import SimulatedBackend
+from aurum_ml.connection import connect
+from aurum_ml.forget import ErasedJobs
 from aurum_ml.index import ScoreIndex
+from aurum_ml.population import Population
 from aurum_ml.schemas import Job, Result
 from aurum_ml.settings import Settings, get_settings
-from aurum_ml.state import DegradedJobs, InFlight, PipelineState, connect
+from aurum_ml.state import DegradedJobs, InFlight, JobOwners, PipelineState
 from aurum_ml.users import UserRecords
 from aurum_ml.vectors import VectorStore, point_id
 from aurum_ml.webhooks import HookRecords
@@ -27,16 +30,15 @@ __all__ = ["Runtime", "build_runtime", "get_runtime", "set_runtime"]
 
 
 @dataclass(frozen=True)
-class Runtime:
-    settings: Settings
+class Runtime(Population):
+    """The population's handles (settings, redis, vectors, index, users) and the pipeline's:
+    the models, the services, the jobs' state in flight."""
+
     state: PipelineState
     local: LocalFaceModel  # the in-process models
     fallback: FaceBackend  # FALLBACK_BACKEND: ``local`` or the simulated backend
     detect_service: HttpFaceBackend | None  # None: USE_REAL_ML off or no URL
     embed_service: HttpFaceBackend | None
-    vectors: VectorStore
-    index: ScoreIndex
-    users: UserRecords
     degraded: DegradedJobs
     hooks: HookRecords  # webhooks wanted for jobs (aurum_ml.webhooks)
     inflight: InFlight  # jobs between intake and their end (aurum_ml.redrive)
@@ -62,6 +64,19 @@ class Runtime:
             settings=self.settings,
         )
 
+    def erase_jobs(self, user_id: str, job_ids: list[str], images: list[str]) -> ErasedJobs:
+        """The pipeline's part of an erasure (aurum_ml.forget.JobRecords): the user's jobs
+        waiting for a re-score, their images, chips and vectors, pending webhooks (one not
+        yet sent reads the gone result: none), ledger entries (a job in flight stops at its
+        next stage anyway) and owners (the API's status URLs: 404 from now)."""
+        degraded_jobs, degraded_images = self.degraded.forget_user(user_id)
+        all_jobs = sorted({*job_ids, *degraded_jobs})
+        in_flight = self.state.drop(sorted({*images, *degraded_images}), all_jobs)
+        self.hooks.drop(all_jobs)
+        self.inflight.done(*all_jobs)
+        JobOwners(self.state.redis, 0).drop(*all_jobs)
+        return ErasedJobs(all_jobs, len(degraded_jobs), in_flight)
+
     def release_failed(self, job: Job) -> None:
         """A job that failed for good lets go of its image, its vector, its place in the
         score index if it was scored and not stored, and the user's pending cooldown
@@ -86,6 +101,7 @@ def build_runtime(settings: Settings, local: LocalFaceModel | None = None) -> Ru
     )
     return Runtime(
         settings=settings,
+        redis=client,
         state=PipelineState(client, settings.image_ttl_s),
         local=local,
         fallback=fallback,

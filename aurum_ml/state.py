@@ -10,16 +10,13 @@ Keys (all expire after ``IMAGE_TTL_SECONDS``):
   stage cut, for the embed stage: the only stage after detect that needs pixels.
 
 In the embedded default the same code runs on an in-process fakeredis server.
-This module is where redis-py exceptions become :class:`StateUnavailable`.
+redis-py exceptions become :class:`StateUnavailable` in :mod:`aurum_ml.connection`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import secrets
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,10 +24,10 @@ import numpy as np
 import redis
 from kombu.utils.json import dumps, loads
 
-from aurum_ml.errors import ImageExpired, StateUnavailable
+from aurum_ml.connection import connect, redis_errors
+from aurum_ml.errors import ImageExpired
 from aurum_ml.intake import requested_image, staged_sha256
 from aurum_ml.schemas import Job
-from aurum_ml.settings import Settings
 
 __all__ = [
     "DegradedJobs",
@@ -41,34 +38,6 @@ __all__ = [
     "connect",
     "redis_errors",
 ]
-
-_fake_server = None
-_fake_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def redis_errors() -> Iterator[None]:
-    """Translate redis-py's transport errors into our retryable error."""
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise StateUnavailable(f"Redis unavailable: {type(exc).__name__}") from None
-
-
-def connect(settings: Settings) -> redis.Redis:
-    """A client for the pipeline-state Redis; in-process (fakeredis) when embedded."""
-    url = settings.state_url
-    if url:
-        return redis.Redis.from_url(
-            url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30
-        )
-    import fakeredis
-
-    global _fake_server
-    with _fake_lock:
-        if _fake_server is None:
-            _fake_server = fakeredis.FakeServer()
-    return fakeredis.FakeRedis(server=_fake_server)
 
 
 class PipelineState:

@@ -51,7 +51,6 @@ from aurum_ml.intake import (
     refuse_reference,
     staged_sha256,
 )
-from aurum_ml.metrics import record_stage, rerank_done
 from aurum_ml.persistence import compact
 from aurum_ml.recovery import rescore_degraded as rescore_degraded_jobs
 from aurum_ml.redrive import redrive_stalled as redrive_stalled_jobs
@@ -62,6 +61,7 @@ from aurum_ml.schemas import Job, Result, check_user_id
 from aurum_ml.settings import get_settings
 from aurum_ml.stages.store import ERASED
 from aurum_ml.state import LedgerEntry
+from aurum_ml.telemetry import record_stage, rerank_done
 from aurum_ml.users import UserRecords
 
 __all__ = [

@@ -28,7 +28,7 @@ from typing import IO, Any, cast
 import numpy as np
 
 from aurum_ml.errors import BadInput
-from aurum_ml.runtime import Runtime
+from aurum_ml.population import Population
 
 __all__ = ["FORMAT", "ImportReport", "export_vectors", "import_vectors"]
 
@@ -55,7 +55,7 @@ def _open(path: Path, mode: str, named: Path | None = None) -> IO[str]:
     return path.open(mode, encoding="utf-8")
 
 
-def export_vectors(runtime: Runtime, path: Path) -> int:
+def export_vectors(runtime: Population, path: Path) -> int:
     """Write every face of the runtime's collection to ``path`` (created 0600, or
     replaced). Returns how many."""
     vectors = runtime.vectors
@@ -128,7 +128,7 @@ def check_export(path: Path, dim: int) -> int:
     return sum(1 for _ in _lines(path, dim))
 
 
-def import_vectors(runtime: Runtime, path: Path) -> ImportReport:
+def import_vectors(runtime: Population, path: Path) -> ImportReport:
     """Write the faces of an export into the runtime's collection (the same ids: importing
     twice is harmless), skipping erased users' faces; then bring the vector index up to
     date. The file is checked whole first, so a bad file writes nothing."""

@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import redis
 
-from aurum_ml.state import redis_errors
+from aurum_ml.connection import redis_errors
 
 __all__ = ["Admission", "UserRecords"]
 

@@ -37,9 +37,9 @@ from typing import Any
 import redis
 
 from aurum_ml.callbacks import Callback, parse_callback
+from aurum_ml.connection import redis_errors
 from aurum_ml.errors import InvalidRequest
 from aurum_ml.settings import Settings
-from aurum_ml.state import redis_errors
 
 __all__ = [
     "Delivery",
