@@ -5,7 +5,7 @@ through :func:`run`, with limits on time and connections that uvicorn does not s
   whole request head this long after it opened (or after its last response) is closed.
   uvicorn keeps a silent connection open for ever; 3 000 idle sockets stayed open.
 - **body timeout** (``HTTP_BODY_TIMEOUT``, 60 s): the body must arrive within this long of
-  the request head, or the answer is ``408 request_timeout`` (:class:`BodyLimit` in
+  the request head, or the answer is ``408 request_timeout`` (:class:`aurum_ml.webapp.BodyLimit` in
   ``aurum_ml.services.app`` enforces it with the size cap).
 - **keep-alive** (``HTTP_KEEPALIVE_TIMEOUT``, 5 s): an idle connection between requests.
 - **connection cap** (``HTTP_MAX_CONNECTIONS``, 200 a process): past it, new requests get

@@ -47,9 +47,9 @@ from aurum_ml.errors import AurumError, ConfigError, InvalidRequest
 from aurum_ml.intake import refuse_reference
 from aurum_ml.queries import for_tenant
 from aurum_ml.schemas import ServiceErrorBody, check_user_id
-from aurum_ml.services.app import BodyLimit, json_error, json_errors
 from aurum_ml.settings import Settings, get_settings
 from aurum_ml.state import JobOwners
+from aurum_ml.webapp import BodyLimit, json_error, json_errors
 from aurum_ml.webhooks import HookRecords, check_callback
 
 __all__ = ["ApiError", "create_app"]

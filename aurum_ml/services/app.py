@@ -20,14 +20,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-import anyio
 import cv2
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aurum_ml import __version__
 from aurum_ml.backends.local import CHIP_SIZE, LocalFaceModel
@@ -35,6 +32,7 @@ from aurum_ml.errors import BadInput
 from aurum_ml.imaging import Decoded, decode_base64, decode_scaled
 from aurum_ml.schemas import Health, ServiceErrorBody
 from aurum_ml.settings import Settings, get_settings
+from aurum_ml.webapp import BodyLimit, json_error, json_errors, no_body
 
 __all__ = [
     "LoadedModel",
@@ -62,77 +60,6 @@ class ServiceError(Exception):
         self.status, self.error, self.message = status, error, message
 
 
-class _BodyTooLarge(HTTPException):
-    """Raised from inside the body stream; FastAPI lets HTTPExceptions through as they are."""
-
-    def __init__(self) -> None:
-        super().__init__(413, "request body over the size limit")
-
-
-class _BodyTooSlow(HTTPException):
-    def __init__(self) -> None:
-        super().__init__(408, "the request body did not arrive in time")
-
-
-class BodyLimit:
-    """ASGI middleware: refuse a body over ``max_bytes`` by its Content-Length, or as soon
-    as that much has been streamed — never read more than the limit; and cut a body that
-    has not arrived ``timeout_s`` after the request head (408: a slow upload holds no
-    worker for ever)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float = 60.0) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.timeout_s = timeout_s
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
-            return
-        received = 0
-        deadline = anyio.current_time() + self.timeout_s
-
-        body_done = False
-
-        async def limited() -> Message:
-            nonlocal received, body_done
-            if body_done:  # (a wait for the client's disconnect: no deadline)
-                return await receive()
-            with anyio.move_on_after(deadline - anyio.current_time()) as waited:
-                message = await receive()
-            if waited.cancelled_caught:
-                raise _BodyTooSlow
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLarge
-                body_done = not message.get("more_body", False)
-            return message
-
-        await self.app(scope, limited, send)
-
-    async def _refuse(self, send: Send) -> None:
-        response = json_error(413, "image_too_large", f"request body over {self.max_bytes} bytes")
-        await response(scope={"type": "http"}, receive=_no_body, send=send)  # type: ignore[arg-type]
-
-
-async def _no_body() -> Message:
-    return {"type": "http.request", "body": b"", "more_body": False}
-
-
-def json_error(
-    status: int, error: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    """An error answer of any of our apps: ``{"error": code, "message": …}``."""
-    body = ServiceErrorBody(error=error, message=message).model_dump()
-    return JSONResponse(body, status, headers=headers)
-
-
-_UNPARSABLE = "There was an error parsing the body"  # FastAPI's words: JSON it could not read
 PUBLIC_PATHS = ("/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 
 
@@ -153,7 +80,7 @@ class TokenGate:
         scheme, _, token = given.partition(b" ")
         if scheme.lower() != b"bearer" or not secrets.compare_digest(token, self.token):
             response = json_error(401, "unauthorized", "a valid bearer token is required")
-            await response(scope={"type": "http"}, receive=_no_body, send=send)  # type: ignore[arg-type]
+            await response(scope={"type": "http"}, receive=no_body, send=send)  # type: ignore[arg-type]
             return
         await self.app(scope, receive, send)
 
@@ -203,37 +130,6 @@ def request_chip(chip_base64: str, settings: Settings) -> np.ndarray:
     if pixels is None or pixels.shape[:2] != (CHIP_SIZE, CHIP_SIZE):
         raise ServiceError(400, "invalid_image", f"a chip is a {CHIP_SIZE} × {CHIP_SIZE} image")
     return cv2.cvtColor(pixels, cv2.COLOR_BGR2RGB)
-
-
-def json_errors(app: FastAPI, logger: logging.Logger) -> None:
-    """The error answers every app of ours shares: a schema error is 422 invalid_request
-    (naming the field), HTTP errors keep their status with a code, a bug is a logged 500 —
-    all as ``{"error": code, "message": …}``."""
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        return json_error(422, "invalid_request", f"{where}: {first.get('msg', 'invalid request')}")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 400 and exc.detail == _UNPARSABLE:  # FastAPI's body parser
-            return json_error(
-                422, "invalid_request", "the body is not valid JSON (or nests too deep)"
-            )
-        code = {
-            413: "image_too_large",
-            404: "not_found",
-            405: "method_not_allowed",
-            408: "request_timeout",
-        }
-        return json_error(exc.status_code, code.get(exc.status_code, "http_error"), str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def internal(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unexpected error in %s", request.url.path)
-        return json_error(500, "internal", "unexpected error; it was logged")
 
 
 def create_service(

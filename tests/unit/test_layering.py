@@ -27,7 +27,7 @@ DOORS = {
         "celery_app", "tasks", "runtime", "stages", "backends", "imaging", "quality",
         "intake", "health", "state", "recovery", "redrive", "webhooks", "telemetry",
     },
-    "surfaces": {"api", "cli", "services", "metrics", "serving", "embedded"},
+    "surfaces": {"api", "cli", "services", "metrics", "serving", "webapp", "embedded"},
 }  # fmt: skip
 # what each door may import, besides itself
 MAY_IMPORT = {
