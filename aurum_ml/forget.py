@@ -54,13 +54,6 @@ class JobRecords(Protocol):
         in-flight ledger entries and owners; returns every job id dropped."""
 
 
-class NoJobs:
-    """No pipeline state to erase (a population opened on its own)."""
-
-    def erase_jobs(self, user_id: str, job_ids: list[str], images: list[str]) -> ErasedJobs:
-        return ErasedJobs(sorted(set(job_ids)), 0, 0)
-
-
 class NoResults:
     """No result backend to clean (the embedded default's queries run without one)."""
 
@@ -79,10 +72,13 @@ def forget_user(
 ) -> dict[str, Any]:
     """Erase the user; returns how much was removed (counts only: this report is itself
     stored as a task result). Safe to run twice. ``jobs``: the pipeline's records of the
-    user's jobs; by default the population itself when it is one (a Runtime)."""
+    user's jobs; by default the population itself when it is one (a Runtime). There is no
+    erasure without them: a population alone would leave the user's images in flight."""
     results = results or NoResults()
     if jobs is None:
-        jobs = population if isinstance(population, JobRecords) else NoJobs()
+        if not isinstance(population, JobRecords):
+            raise TypeError("forget_user needs the pipeline's JobRecords (pass a Runtime)")
+        jobs = population
     population.users.mark_erased(user_id)  # first: nothing admitted before now stores again
     points = population.vectors.user_points(user_id)
     job_ids, images, record_keys = population.users.forget(user_id)
