@@ -508,9 +508,9 @@ def health_command(as_json: bool) -> None:
     """Probe the ML services now: status, latency, availability over the probe window.
     Exit 1 when a configured service is not healthy."""
     from aurum_ml.backends.http import ServiceClient
+    from aurum_ml.connection import connect
     from aurum_ml.errors import AurumError
     from aurum_ml.health import last_probes, services_of
-    from aurum_ml.state import connect
 
     settings = _settings()
     try:
@@ -560,9 +560,10 @@ def health_command(as_json: bool) -> None:
 def status_command(as_json: bool) -> None:
     """The fallback flag (null = no fresh flag: the probe is not running), its age, the
     last probe of each service, and degraded jobs waiting to be re-scored."""
+    from aurum_ml.connection import connect
     from aurum_ml.errors import AurumError
     from aurum_ml.health import fallback_state, last_probes, transitions
-    from aurum_ml.state import DegradedJobs, connect
+    from aurum_ml.state import DegradedJobs
 
     settings = _settings()
     _watches_a_cluster(settings, "status")

@@ -24,7 +24,7 @@ import numpy as np
 import redis
 from kombu.utils.json import dumps, loads
 
-from aurum_ml.connection import connect, redis_errors
+from aurum_ml.connection import redis_errors
 from aurum_ml.errors import ImageExpired
 from aurum_ml.intake import requested_image, staged_sha256
 from aurum_ml.schemas import Job
@@ -35,8 +35,6 @@ __all__ = [
     "JobOwners",
     "LedgerEntry",
     "PipelineState",
-    "connect",
-    "redis_errors",
 ]
 
 
