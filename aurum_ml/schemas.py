@@ -10,7 +10,6 @@ Fields may be added by later versions; none is renamed.
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -18,13 +17,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StrictBool,
-    StrictBytes,
     StrictStr,
     model_validator,
 )
 
 from aurum_ml.errors import Reason
+from aurum_ml.request import USER_ID_MAX, check_user_id
 
 __all__ = [
     "DetectRequest",
@@ -40,7 +38,6 @@ __all__ = [
     "Match",
     "Quality",
     "Result",
-    "ScoreRequest",
     "ServiceErrorBody",
     "Status",
     "Timings",
@@ -48,30 +45,6 @@ __all__ = [
     "UserId",
     "check_user_id",
 ]
-
-USER_ID_MAX = 128
-
-
-def check_user_id(value: str) -> str:
-    """The allowed form of a user id: 1–128 characters of printable Unicode (no control or
-    format characters, no lone surrogates, no line breaks), NFC-normalised, without
-    leading or trailing whitespace. It names Redis keys and may reach logs, so nothing
-    else is accepted. Messages never repeat the value."""
-    if not value or not value.strip():
-        raise ValueError("user_id must not be empty")
-    if len(value) > USER_ID_MAX:
-        raise ValueError(f"user_id is {len(value)} characters; at most {USER_ID_MAX} allowed")
-    if not value.isprintable():
-        raise ValueError(
-            "user_id may hold printable characters only (no control or format characters, "
-            "line breaks or lone surrogates)"
-        )
-    if value != value.strip():
-        raise ValueError("user_id must not start or end with whitespace")
-    if unicodedata.normalize("NFC", value) != value:
-        raise ValueError("user_id must be in Unicode normal form NFC")
-    return value
-
 
 UserId = Annotated[StrictStr, AfterValidator(check_user_id)]
 
@@ -206,21 +179,6 @@ class Job(Result):
 
     def result(self) -> Result:
         return Result.model_validate(self.model_dump())
-
-
-class ScoreRequest(BaseModel):
-    """What ``score_face`` (and the HTTP API) accepts; wrong types are errors, never
-    coerced (``"false"`` is not a boolean)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    image_base64: StrictStr | StrictBytes = Field(
-        ..., description="the image, base64 (a data: URL is accepted)"
-    )
-    user_id: UserId
-    allow_multiple_faces: StrictBool | None = Field(
-        None, description="score the largest of several faces; null: ALLOW_MULTIPLE_FACES"
-    )
 
 
 # --- the ML services' HTTP contract (docs/ml-services.md) -------------------------------------

@@ -24,9 +24,10 @@ import numpy as np
 import redis
 from kombu.utils.json import dumps, loads
 
+from aurum_ml import keys
 from aurum_ml.connection import redis_errors
 from aurum_ml.errors import ImageExpired
-from aurum_ml.intake import requested_image, staged_sha256
+from aurum_ml.request import requested_image, staged_sha256
 from aurum_ml.schemas import Job
 
 __all__ = [
@@ -45,13 +46,8 @@ class PipelineState:
         self.redis: Any = client  # redis-py's return types are unions; we use bytes
         self.ttl_s = ttl_s
 
-    @staticmethod
-    def _image_key(sha256: str) -> str:
-        return f"aurum:img:{sha256}"
-
-    @staticmethod
-    def _refs_key(sha256: str) -> str:
-        return f"aurum:imgref:{sha256}"
+    _image_key = staticmethod(keys.image)
+    _refs_key = staticmethod(keys.image_refs)
 
     @staticmethod
     def _vector_key(job_id: str) -> str:
@@ -299,15 +295,12 @@ class InFlight:
     or the job as intake admitted it (ids, hashes and flags: no image, no vector). A job's
     end (its result stored, or a failure) removes both."""
 
-    _ids = "aurum:inflight"
+    _ids = keys.INFLIGHT
+    _key = staticmethod(keys.inflight_job)
 
     def __init__(self, client: Any, keep_s: int) -> None:
         self.redis = client
         self.keep_s = keep_s
-
-    @staticmethod
-    def _key(job_id: str) -> str:
-        return f"aurum:inflight:job:{job_id}"
 
     def submitted(
         self, job_id: str, user_id: str, epoch: int, request: dict[str, Any], ttl_s: int

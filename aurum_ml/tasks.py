@@ -2,7 +2,7 @@
 
 ``score_face.delay(image_b64, user_id="u1")`` validates the input and stores the image in
 Redis under its content hash, in the caller's process, so the message names the image
-instead of carrying it (``aurum_ml.intake.IMAGE_REF``); intake admits the job and replaces
+instead of carrying it (``aurum_ml.request.IMAGE_REF``); intake admits the job and replaces
 itself with the flat chain
 ``detect → embed → score → store``; the caller's AsyncResult resolves to the store stage's
 result (a :class:`~aurum_ml.schemas.Result` as a dict). Bad input is a ``rejected`` result;
@@ -30,6 +30,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from aurum_ml import queries, webhooks
 from aurum_ml.backends import FaceBackend
 from aurum_ml.celery_app import app, config
+from aurum_ml.client import check_serializer, shown, stage_submission, withdraw
 from aurum_ml.errors import (
     BadInput,
     ImageExpired,
@@ -44,16 +45,16 @@ from aurum_ml.forget import SWEEP_AFTER_S, sweep
 from aurum_ml.forget import forget_user as forget_user_everywhere
 from aurum_ml.health import fallback_state, probe
 from aurum_ml.imaging import decode_base64, inspect_image
-from aurum_ml.intake import (
+from aurum_ml.persistence import compact
+from aurum_ml.recovery import rescore_degraded as rescore_degraded_jobs
+from aurum_ml.redrive import redrive_stalled as redrive_stalled_jobs
+from aurum_ml.request import (
     IMAGE_REF,
     PARAMETERS,
     check_score_request,
     refuse_reference,
     staged_sha256,
 )
-from aurum_ml.persistence import compact
-from aurum_ml.recovery import rescore_degraded as rescore_degraded_jobs
-from aurum_ml.redrive import redrive_stalled as redrive_stalled_jobs
 from aurum_ml.rerank import RerankBusy
 from aurum_ml.rerank import rerank as rerank_index
 from aurum_ml.runtime import Runtime, get_runtime
@@ -204,39 +205,34 @@ class IntakeTask(PipelineTask):
     of logs, events and Flower."""
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
-        if options.get("serializer", "json") != "json":
-            raise InvalidRequest(
-                f"score_face is sent as JSON only (serializer={options['serializer']!r} would "
-                "be refused by every worker, and its result never come)"
-            )
-        request = check_score_request(args, kwargs, get_settings())
-        if "task_id" not in options:  # a new job: its image, never a reference (intake.py)
-            refuse_reference(request.image_base64)
-        args = tuple(args or ())
-        kwargs = dict(kwargs or {})
-        shown_args = [_REDACTED.get(PARAMETERS[i], a) for i, a in enumerate(args)]
-        shown_kwargs = {k: _REDACTED.get(k, v) for k, v in kwargs.items()}
-        options.setdefault("argsrepr", repr(tuple(shown_args)))
-        options.setdefault("kwargsrepr", repr(shown_kwargs))
+        """The thin caller's steps (aurum_ml.client), on this process's settings and Redis."""
+        check_serializer("score_face", options)
+        settings = get_settings()
+        args, kwargs = tuple(args or ()), dict(kwargs or {})
+        data = options.pop("image_data", None)  # bytes already (the API's multipart upload)
+        if data is not None:
+            if len(data) > settings.image_max_bytes:
+                raise InvalidRequest(
+                    f"image is {len(data)} bytes, over the {settings.image_max_bytes} byte limit",
+                    reason="image_too_large",
+                )
+            args = (IMAGE_REF + hashlib.sha256(data).hexdigest(), *args)  # what is sent
+        request = check_score_request(args, kwargs, settings.image_max_bytes)
+        if "task_id" not in options and data is None:  # its image, never a reference
+            refuse_reference(request.image)
+        options = shown(args, kwargs) | options
         if not options.pop("ledger", True):  # sent again by the sweep: already entered
             return super().apply_async(args, kwargs, **options)
         job_id = options.setdefault("task_id", uuid())
-        image = _image_to_stage(request.image_base64)
-        sent = (args, kwargs) if image is None else _with_image(args, kwargs, IMAGE_REF + image[0])
-        entered = enter_submitted(job_id, request.user_id, *sent)
-        staged = image is not None and _stage_image(job_id, request.user_id, *image)
-        if not staged:  # not base64 (intake answers that), or Redis refused it: inline
-            if image is not None and entered:  # the ledger's copy must hold it too
-                entered = enter_submitted(job_id, request.user_id, args, kwargs)
-            sent = (args, kwargs)
+        client = get_runtime().state.redis
+        submission = stage_submission(
+            client, job_id, request, args, kwargs, image_max_bytes=settings.image_max_bytes,
+            image_ttl_s=settings.image_ttl_s, keep_s=settings.result_expires_s, data=data,
+        )  # fmt: skip
         try:
-            return super().apply_async(*sent, **options)
+            return super().apply_async(submission.args, submission.kwargs, **options)
         except BaseException:
-            with contextlib.suppress(Exception):  # never published: nothing to find later
-                if entered:
-                    get_runtime().inflight.done(job_id)
-                if staged and image is not None:
-                    get_runtime().state.release(image[0], job_id)
+            withdraw(client, submission)
             raise
 
     def on_failure(
@@ -255,38 +251,6 @@ class IntakeTask(PipelineTask):
             rt = get_runtime()
             rt.users.rejected(user_id, sha256, task_id)
             rt.state.release(sha256, task_id)
-
-
-_REDACTED = {"image_b64": "<image>", "user_id": "<user>"}
-
-
-def _image_to_stage(image: Any) -> tuple[str, bytes] | None:
-    """(content hash, bytes) of an image the caller can store ahead; None when it is not
-    base64 (it goes in the message, and the worker answers with the reason)."""
-    try:
-        data = decode_base64(image, get_settings())
-    except BadInput:
-        return None
-    return hashlib.sha256(data).hexdigest(), data
-
-
-def _with_image(args: tuple[Any, ...], kwargs: dict[str, Any], image: str) -> tuple[Any, Any]:
-    if args:
-        return (image, *args[1:]), kwargs
-    return args, {**kwargs, "image_b64": image}
-
-
-def _stage_image(job_id: str, user_id: str, sha256: str, data: bytes) -> bool:
-    """In the caller's process: the image into Redis for ``job_id``, noted under the user
-    (an erasure deletes it, whenever it comes). False if Redis refused it."""
-    try:
-        rt = get_runtime()
-        rt.users.note_image(user_id, sha256)
-        rt.state.put_image(sha256, data, job_id)
-    except Exception as exc:  # noqa: BLE001 - the image then travels in the message
-        log.warning("job %s: image not stored ahead (%s): sent inline", job_id, type(exc).__name__)
-        return False
-    return True
 
 
 def _past_intake(rt: Runtime, job_id: str) -> bool:
@@ -342,25 +306,6 @@ def _outcome(args: tuple[Any, ...], retval: Any) -> tuple[str, str]:
     if status == "rejected":
         return str(retval.get("reason") or "rejected"), source
     return str(status), source
-
-
-def enter_submitted(job_id: str, user_id: str, args: tuple[Any, ...], kwargs: dict) -> bool:
-    """In the caller's process, before publishing: fix the job's erasure epoch now (a photo
-    sent before its user's erasure stores nothing, whenever a worker takes it), note the
-    job under its user (an erasure finds it) and enter its request in the in-flight
-    ledger, so a lost message is sent again. Best effort: with the state Redis out of
-    reach the job is still published (and intake records the epoch), only unwatched
-    until intake starts."""
-    try:
-        rt = get_runtime()
-        epoch, _ = rt.users.job_epoch(user_id, job_id)
-        rt.users.note_job(user_id, job_id)
-        request = {"args": list(args), "kwargs": kwargs}
-        rt.inflight.submitted(job_id, user_id, epoch, request, ttl_s=rt.settings.image_ttl_s)
-    except Exception as exc:  # noqa: BLE001 - the job itself must not fail for this
-        log.warning("job %s: not entered in the in-flight ledger (%s)", job_id, type(exc).__name__)
-        return False
-    return True
 
 
 def _job_ended(job_id: str) -> None:
@@ -424,13 +369,13 @@ def score_face(self: Task, *args: Any, **kwargs: Any) -> Any:
     runtime = get_runtime()
     job_id = self.request.id
     try:
-        request = check_score_request(args, kwargs, runtime.settings)
+        request = check_score_request(args, kwargs, runtime.settings.image_max_bytes)
     except InvalidRequest as exc:
         given = dict(zip(PARAMETERS, args, strict=False)) | kwargs
         user = given.get("user_id")
         return _rejection(job_id, str(user) if _valid_user_id(user) else "", exc)
     user_id = request.user_id
-    staged = staged_sha256(request.image_base64)  # the caller stored the image
+    staged = staged_sha256(request.image)  # the caller stored the image
 
     def let_go(answer: Any) -> Any:  # an answer without the chain: the image is not needed
         if staged is not None:
@@ -445,7 +390,7 @@ def score_face(self: Task, *args: Any, **kwargs: Any) -> Any:
     try:
         data: bytes | None
         if staged is None:
-            data = decode_base64(request.image_base64, runtime.settings)
+            data = decode_base64(request.image, runtime.settings)
             sha256 = hashlib.sha256(data).hexdigest()
         else:
             data, sha256 = runtime.state.staged_image(staged, job_id), staged

@@ -29,7 +29,6 @@ an owner's own erasure removes them as well.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from typing import Any, Literal
 
 import redis
 
+from aurum_ml import keys
 from aurum_ml.connection import redis_errors
 
 __all__ = ["Admission", "UserRecords"]
@@ -65,26 +65,18 @@ class UserRecords:
         cooldown_s: int,
         pending_ttl_s: int,
         keep_s: int,
-        tombstone_s: int = 8 * 86400,
+        tombstone_s: int = keys.TOMBSTONE_S,
     ) -> None:
         self.redis: Any = client  # redis-py's return types are unions; we use bytes
         self.cooldown_s = cooldown_s
         self.pending_ttl_s = pending_ttl_s
         self.keep_s = keep_s  # how long job ids and the cached result are kept
         # longer than any job can live (image TTL, a degraded job's wait for its re-score)
-        self.tombstone_s = max(tombstone_s, pending_ttl_s + 3600)
+        self.tombstone_s = max(tombstone_s, keys.tombstone_ttl(pending_ttl_s))
 
-    @staticmethod
-    def _key(user_id: str, what: str) -> str:
-        return f"aurum:user:{user_id}:{what}"
-
-    @staticmethod
-    def _hash(user_id: str) -> str:
-        return hashlib.sha256(user_id.encode()).hexdigest()
-
-    @classmethod
-    def _tombstone(cls, user_id: str) -> str:
-        return f"aurum:erased:{cls._hash(user_id)}"
+    _key = staticmethod(keys.user)
+    _hash = staticmethod(keys.digest)
+    _tombstone = staticmethod(keys.tombstone)
 
     @classmethod
     def _matched(cls, user_id: str) -> str:
@@ -98,7 +90,7 @@ class UserRecords:
         # named by a digest of the job id: it must outlive an erasure (a redelivered intake
         # of an erased user's job finds the old epoch and stores nothing), and an erasure
         # leaves no id of the user's jobs in Redis
-        key = f"aurum:jobepoch:{hashlib.sha256(job_id.encode()).hexdigest()[:32]}"
+        key = keys.job_epoch(job_id)
         with redis_errors():
             current = int(self.redis.get(tombstone) or 0)
             self.redis.set(key, current, nx=True, ex=self.pending_ttl_s)

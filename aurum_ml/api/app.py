@@ -21,7 +21,6 @@ reads Celery's result backend.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import math
@@ -44,8 +43,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from aurum_ml import __version__
 from aurum_ml.errors import AurumError, ConfigError, InvalidRequest
-from aurum_ml.intake import refuse_reference
 from aurum_ml.queries import for_tenant
+from aurum_ml.request import refuse_reference
 from aurum_ml.schemas import ServiceErrorBody, check_user_id
 from aurum_ml.settings import Settings, get_settings
 from aurum_ml.state import JobOwners
@@ -279,17 +278,18 @@ async def _form_in_memory(request: Request) -> Any:
         raise ApiError(422, "invalid_request", f"multipart body: {exc.message}") from None
 
 
-async def _score_request(request: Request) -> tuple[ScoreBody, bool]:
-    """The body as JSON or multipart; (fields, was multipart)."""
+async def _score_request(request: Request) -> tuple[ScoreBody, bytes | None]:
+    """The body as JSON or multipart: (its fields, the multipart upload's bytes). The
+    upload stays bytes all the way to Redis (its ``image_base64`` field is left empty)."""
     kind = request.headers.get("content-type", "")
     if kind.startswith("multipart/form-data"):
         form = await _form_in_memory(request)
         upload = form.get("image")
         if upload is None or isinstance(upload, str):
             raise ApiError(422, "invalid_request", "image: a file part named image is required")
-        data = await upload.read()
+        data: bytes | None = await upload.read()
         fields: dict[str, Any] = {
-            "image_base64": base64.b64encode(data).decode("ascii"),
+            "image_base64": "",
             "user_id": form.get("user_id"),
             "callback_url": form.get("callback_url") or None,
         }
@@ -298,14 +298,13 @@ async def _score_request(request: Request) -> tuple[ScoreBody, bool]:
             if flag not in ("true", "false"):
                 raise ApiError(422, "invalid_request", "allow_multiple_faces: true or false")
             fields["allow_multiple_faces"] = flag == "true"
-        multipart = True
     elif kind.partition(";")[0].strip().lower() == "application/json":
         try:
             fields = json.loads(await request.body(), object_pairs_hook=_unique_keys)
         except (ValueError, RecursionError) as exc:  # RecursionError: nested ~1000 deep
             why = str(exc) if "twice" in str(exc) else "not JSON, or nested too deep"
             raise ApiError(422, "invalid_request", f"the body: {why}") from None
-        multipart = False
+        data = None
     else:
         raise ApiError(
             415,
@@ -313,7 +312,7 @@ async def _score_request(request: Request) -> tuple[ScoreBody, bool]:
             "send Content-Type: application/json, or multipart/form-data",
         )
     try:
-        return ScoreBody.model_validate(fields), multipart
+        return ScoreBody.model_validate(fields), data
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ())) or "body"
@@ -460,7 +459,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ) -> JSONResponse:
         """Submit a photo. 202 with the job; with ``wait``, 200 with the outcome if the job
         ends within that many seconds."""
-        body, _ = await _score_request(request)
+        body, data = await _score_request(request)
         callback = body.callback_url or settings.webhook_url
         try:
             if callback:
@@ -468,11 +467,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except InvalidRequest as exc:
             raise ApiError(422, exc.reason, exc.message) from None
         try:
-            refuse_reference(body.image_base64)
+            if data is None:
+                refuse_reference(body.image_base64)
         except InvalidRequest as exc:
             raise ApiError(422, exc.reason, f"image_base64: {exc.message}") from None
         job_id = str(uuid.uuid4())
-        await anyio.to_thread.run_sync(publish, job_id, caller, body, callback)
+        await anyio.to_thread.run_sync(publish, job_id, caller, body, data, callback)
         if wait:
             view = await _wait_for(request, job_id, caller, wait)
             if view.state in ("done", "failed"):
@@ -480,7 +480,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         view = await anyio.to_thread.run_sync(_view, request, job_id, caller)
         return JSONResponse(view.model_dump(mode="json"), 202)
 
-    def publish(job_id: str, caller: Caller, body: ScoreBody, callback: str | None) -> None:
+    def publish(
+        job_id: str, caller: Caller, body: ScoreBody, data: bytes | None, callback: str | None
+    ) -> None:
         """The user is the caller's tenant's (claimed now if nobody's); record the job for
         its key (and its webhook), then publish score_face — the records first, so neither
         the job's owner nor its end can be missed."""
@@ -491,9 +493,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             hooks.register(job_id, callback, caller.scope)
         kwargs = {"user_id": body.user_id, "allow_multiple_faces": body.allow_multiple_faces}
         try:
-            tasks.score_face.apply_async(
-                (body.image_base64,), kwargs, task_id=job_id, retry_policy=PUBLISH_RETRY
-            )
+            if data is None:
+                tasks.score_face.apply_async(
+                    (body.image_base64,), kwargs, task_id=job_id, retry_policy=PUBLISH_RETRY
+                )
+            else:  # the upload's bytes, as they came
+                tasks.score_face.apply_async(
+                    (), kwargs, task_id=job_id, retry_policy=PUBLISH_RETRY, image_data=data
+                )
         except InvalidRequest as exc:
             owners.drop(job_id)
             hooks.drop([job_id])

@@ -152,13 +152,21 @@ def test_a_serializer_other_than_json_is_refused_in_the_caller(photos, published
 
 
 def test_the_caller_check_and_the_worker_check_are_one_schema(photos):
-    from aurum_ml.intake import check_score_request
-    from aurum_ml.schemas import ScoreRequest
+    """One check (aurum_ml.request) for the thin caller, score_face.delay and the worker."""
+    import inspect
 
-    request = check_score_request((b64(b"x"), "u1"), {"allow_multiple_faces": True}, _limits())
-    assert isinstance(request, ScoreRequest) and request.allow_multiple_faces is True
+    from aurum_ml import client, tasks
+    from aurum_ml.request import ScoreArgs, check_score_request
+
+    request = check_score_request(
+        (b64(b"x"), "u1"), {"allow_multiple_faces": True}, _limits().image_max_bytes
+    )
+    assert request == ScoreArgs(b64(b"x"), "u1", True)
     with pytest.raises(InvalidRequest, match="unexpected argument 'colour'"):
-        check_score_request((b64(b"x"),), {"user_id": "u1", "colour": "red"}, _limits())
+        check_score_request((b64(b"x"),), {"user_id": "u1", "colour": "red"}, 1000)
+    for module in (client, tasks):  # the one function, not a copy
+        assert module.check_score_request is check_score_request, module
+    assert "check_score_request" in inspect.getsource(tasks.score_face.run)
 
 
 def _limits():

@@ -16,9 +16,11 @@ import pytest
 from celery.result import AsyncResult
 
 from aurum_ml import tasks
+from aurum_ml.client import _write as write_entry
+from aurum_ml.client import stage_submission
 from aurum_ml.errors import ImageExpired, JobLost, UserErased
-from aurum_ml.intake import IMAGE_REF
 from aurum_ml.redrive import redrive_stalled
+from aurum_ml.request import IMAGE_REF, ScoreArgs
 from aurum_ml.schemas import Job
 
 from samples import b64, no_face
@@ -105,10 +107,23 @@ def _sent_and_lost(runtime, user: str, data: bytes, stored: bool = False) -> str
     Redis takes it); else the image is in the entry."""
     job_id = str(uuid.uuid4())
     sha = hashlib.sha256(data).hexdigest()
-    image = IMAGE_REF + sha if stored else b64(data)
-    assert tasks.enter_submitted(job_id, user, (image,), {"user_id": user})
+    image, settings = b64(data), runtime.settings
     if stored:
-        assert tasks._stage_image(job_id, user, sha, data)
+        submission = stage_submission(
+            runtime.state.redis,
+            job_id,
+            ScoreArgs(image, user),
+            (image,),
+            {"user_id": user},
+            image_max_bytes=settings.image_max_bytes,
+            image_ttl_s=settings.image_ttl_s,
+            keep_s=settings.result_expires_s,
+        )
+        assert submission.entered and submission.args == (IMAGE_REF + sha,)
+    else:  # what stage_submission writes when Redis refused the image: the request inline
+        sent = ((image,), {"user_id": user})
+        write_entry(runtime.state.redis, job_id, user, sent, None, settings.image_ttl_s,
+                    settings.result_expires_s)  # fmt: skip
     runtime.state.redis.zadd(LEDGER, {job_id: time.time() - runtime.settings.stalled_after_s - 1})
     return job_id
 

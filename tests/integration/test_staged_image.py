@@ -16,9 +16,10 @@ from celery import states
 from celery.signals import before_task_publish, task_postrun
 
 from aurum_ml.celery_app import app
-from aurum_ml.errors import ImageExpired, UserErased
+from aurum_ml.errors import ImageExpired, InvalidRequest, UserErased
 from aurum_ml.forget import forget_user
-from aurum_ml.tasks import IMAGE_REF, score_face
+from aurum_ml.request import IMAGE_REF
+from aurum_ml.tasks import score_face
 
 from samples import b64
 
@@ -65,6 +66,29 @@ def test_no_message_and_no_ledger_entry_carries_the_image(
     assert not [name for name, body in bodies if image[:4096] in body]  # no message at all
     assert image[:4096] not in json.dumps(ledger[0].request)  # the ledger's copy: the ref
     assert runtime.state.staged_image(_sha(data), out["job_id"]) is None  # the store let go
+
+
+def test_bytes_given_as_bytes_are_stored_as_they_came(
+    pipeline_worker, photos, runtime, on_intake_publish
+):
+    """The API's multipart upload (image_data=): no base64 on the way to Redis (#26)."""
+    bodies, actions = on_intake_publish
+    data = (photos / "obama2.jpg").read_bytes()
+    stored = []
+    actions.append(lambda job_id: stored.append(runtime.state.staged_image(_sha(data), job_id)))
+
+    job = score_face.apply_async((), {"user_id": "u-staged-bytes"}, image_data=data)
+    out = job.get(timeout=TIMEOUT)
+
+    assert out["status"] == "scored" and stored == [data]
+    intake = [body for name, body in bodies if name == "aurum_ml.score_face"]
+    assert len(intake) == 1 and IMAGE_REF + _sha(data) in intake[0]
+    with pytest.raises(InvalidRequest) as refused:  # the byte limit holds for bytes too
+        score_face.apply_async(
+            (), {"user_id": "u"}, image_data=b"x" * (runtime.settings.image_max_bytes + 1)
+        )
+    assert refused.value.reason == "image_too_large"
+    forget_user(runtime, "u-staged-bytes", jobs=runtime)
 
 
 def test_a_staged_image_gone_before_intake_is_a_typed_expiry(

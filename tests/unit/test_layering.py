@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "aurum_ml"
 DOORS = {
     "core": {
         "settings", "errors", "schemas", "callbacks", "logs", "connection", "broker",
+        "request", "keys", "client",
     },
     "population": {
         "population", "index", "rerank", "queries", "users", "vibes", "forget", "vectors",
@@ -25,7 +26,7 @@ DOORS = {
     },
     "pipeline": {
         "celery_app", "tasks", "runtime", "stages", "backends", "imaging", "quality",
-        "intake", "health", "state", "recovery", "redrive", "webhooks", "telemetry",
+        "health", "state", "recovery", "redrive", "webhooks", "telemetry",
     },
     "surfaces": {"api", "cli", "services", "metrics", "serving", "webapp", "embedded"},
 }  # fmt: skip
