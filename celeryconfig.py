@@ -156,6 +156,9 @@ _ACK_EARLY = (
 # The middle stages' results only feed the next stage: not stored (less Redis traffic, no
 # face data lingering in the backend); their errors are, so a failure reaches the caller.
 _MIDDLE_STAGES = ("aurum_ml.detect", "aurum_ml.embed", "aurum_ml.score")
+# The store stage runs under the job's id, which intake already marked STARTED: writing
+# STARTED again would cost a result-backend round trip a job and tell nobody anything.
+_SAME_ID_AS_INTAKE = ("aurum_ml.store",)
 task_annotations = {
     name: {
         "soft_time_limit": soft,
@@ -169,6 +172,7 @@ task_annotations = {
         else {}
     )
     | ({"acks_late": False} if name in _ACK_EARLY else {})
+    | ({"track_started": False} if name in _SAME_ID_AS_INTAKE else {})
     for name, (soft, hard) in _LIMITS.items()
 }
 

@@ -44,14 +44,19 @@ class Runtime(Population):
     inflight: InFlight  # jobs between intake and their end (aurum_ml.redrive)
 
     # The stages, wired to this runtime's parts (the tasks and the re-score call these).
-    def detect(self, job: Job, backend: FaceBackend) -> Job:
-        return stages.detect(job, state=self.state, backend=backend, settings=self.settings)
+    # ``state``: a HandOff when intake runs the stages itself (the image and chip in memory)
+    def detect(self, job: Job, backend: FaceBackend, state: PipelineState | None = None) -> Job:
+        return stages.detect(
+            job, state=state or self.state, backend=backend, settings=self.settings
+        )
 
-    def embed(self, job: Job, backend: FaceBackend) -> Job:
-        return stages.embed(job, state=self.state, backend=backend)
+    def embed(self, job: Job, backend: FaceBackend, state: PipelineState | None = None) -> Job:
+        return stages.embed(job, state=state or self.state, backend=backend)
 
-    def score(self, job: Job) -> Job:
-        return stages.score(job, state=self.state, index=self.index, settings=self.settings)
+    def score(self, job: Job, state: PipelineState | None = None) -> Job:
+        return stages.score(
+            job, state=state or self.state, index=self.index, settings=self.settings
+        )
 
     def store(self, job: Job) -> Result:
         return stages.store(

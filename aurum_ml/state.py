@@ -32,6 +32,7 @@ from aurum_ml.schemas import Job
 
 __all__ = [
     "DegradedJobs",
+    "HandOff",
     "InFlight",
     "JobOwners",
     "LedgerEntry",
@@ -158,6 +159,38 @@ class PipelineState:
         with redis_errors():
             # WATCH refs: a job that adds itself meanwhile makes the transaction run again.
             self.redis.transaction(drop, refs)
+
+
+class HandOff(PipelineState):
+    """One job's image and face chip handed from stage to stage inside one process (intake
+    running detect, embed and score itself): the image intake read, the chip detect cut,
+    never through Redis. Everything else — the embedding for the store stage, releases —
+    goes to Redis as usual. A later stage elsewhere that finds no chip cuts it again from
+    the stored image (aurum_ml.stages.embed)."""
+
+    def __init__(self, state: PipelineState, sha256: str, image: bytes) -> None:
+        super().__init__(state.redis, state.ttl_s)
+        self._sha256, self._image = sha256, image
+        self._chips: dict[str, np.ndarray] = {}
+        self._vectors: dict[str, np.ndarray] = {}
+
+    def get_image(self, sha256: str) -> bytes:
+        return self._image if sha256 == self._sha256 else super().get_image(sha256)
+
+    def put_chip(self, job_id: str, chip: np.ndarray) -> None:
+        self._chips[job_id] = chip
+
+    def get_chip(self, job_id: str, side: int = 150) -> np.ndarray | None:
+        chip = self._chips.get(job_id)
+        return chip if chip is not None else super().get_chip(job_id, side)
+
+    def put_embedding(self, job_id: str, vector: np.ndarray) -> None:
+        super().put_embedding(job_id, vector)  # the store stage reads it from Redis
+        self._vectors[job_id] = vector.astype(np.float32)
+
+    def get_embedding(self, job_id: str) -> np.ndarray | None:
+        vector = self._vectors.get(job_id)
+        return vector if vector is not None else super().get_embedding(job_id)
 
 
 class DegradedJobs:
@@ -330,6 +363,11 @@ class InFlight:
         """A stage ran on the job (on ``pipe``, executed by the caller; a job no longer in
         the ledger stays out)."""
         pipe.zadd(self._ids, {job_id: time.time()}, xx=True)
+
+    def end(self, job_id: str, pipe: Any) -> None:
+        """The job ended (on ``pipe``, executed by the caller)."""
+        pipe.zrem(self._ids, job_id)
+        pipe.delete(self._key(job_id))
 
     def done(self, *job_ids: str) -> None:
         if not job_ids:

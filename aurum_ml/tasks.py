@@ -61,7 +61,7 @@ from aurum_ml.runtime import Runtime, get_runtime
 from aurum_ml.schemas import Job, Result, check_user_id
 from aurum_ml.settings import get_settings
 from aurum_ml.stages.store import ERASED
-from aurum_ml.state import LedgerEntry
+from aurum_ml.state import HandOff, LedgerEntry, PipelineState
 from aurum_ml.telemetry import record_stage, rerank_done
 from aurum_ml.users import UserRecords
 
@@ -137,7 +137,7 @@ class PipelineTask(Task):
         if stage is None:
             return super().__call__(*args, **kwargs)
         started = time.perf_counter()
-        outcome, source = "failed", "none"
+        outcome, source, retval = "failed", "none", None
         try:
             retval = super().__call__(*args, **kwargs)
             outcome, source = _outcome(args, retval)
@@ -152,7 +152,12 @@ class PipelineTask(Task):
             job = args[0] if args and isinstance(args[0], dict) else {}
             # stages intake ran itself were timed as their own (_run_here): not intake's
             seconds = time.perf_counter() - started - getattr(self.request, "inline_s", 0.0)
-            _stage_ran(stage, job.get("job_id"), seconds, outcome, source)
+            ended = self.request.id if _ends_job(retval, self.request.id) else None
+            # a job that ended leaves the ledger in the same round trip (on_success then
+            # sends its webhook, if one is wanted, once its result is stored)
+            self.request.hook_wanted = _stages_ran(
+                [(stage, seconds, outcome, source)], job.get("job_id"), ended=ended
+            )
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         if options.get("serializer", "json") != "json":  # workers accept JSON only
@@ -181,8 +186,12 @@ class PipelineTask(Task):
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
         """The job ended here (the store stage carries the job's id; so does an intake that
         answered without running the chain): its webhook, if one is wanted."""
-        if isinstance(retval, dict) and retval.get("job_id") == task_id and "status" in retval:
-            _job_ended(task_id)
+        if _ends_job(retval, task_id):
+            wanted = getattr(self.request, "hook_wanted", None)
+            if wanted is None:  # its bookkeeping did not reach Redis: the long way
+                _job_ended(task_id)
+            elif wanted:
+                _send_hook(task_id)
 
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
@@ -272,19 +281,34 @@ _STAGE_OF = {
 }
 
 
-def _stage_ran(stage: str, job_id: str | None, seconds: float, outcome: str, source: str) -> None:
-    """A stage's bookkeeping in one round trip: its metrics, and the job's progress in the
-    in-flight ledger. Never raises: a lost sample or a missed touch (the sweep then sees the
-    job idle a little sooner; sending it again is harmless) must not fail a job."""
+def _ends_job(retval: Any, task_id: str | None) -> bool:
+    """Is this the job's end: the store stage's result (it carries the job's id), or an
+    intake that answered without running the chain?"""
+    return isinstance(retval, dict) and retval.get("job_id") == task_id and "status" in retval
+
+
+def _stages_ran(
+    runs: list[tuple[str, float, str, str]], job_id: str | None, ended: str | None = None
+) -> bool | None:
+    """Stage runs' bookkeeping in one round trip: their metrics (stage, seconds, outcome,
+    source each), and the job's progress in the in-flight ledger — or, for a job that
+    ``ended``, its leaving the ledger and whether its webhook is wanted (returned). Never
+    raises (None: nothing reached Redis): a lost sample or a missed touch (the sweep then
+    sees the job idle a little sooner; sending it again is harmless) must not fail a job."""
     try:
         rt = get_runtime()
         with rt.state.redis.pipeline(transaction=False) as pipe:
-            record_stage(pipe, stage, seconds, outcome, source)
-            if job_id:
+            for stage, seconds, outcome, source in runs:
+                record_stage(pipe, stage, seconds, outcome, source)
+            if ended:
+                rt.inflight.end(ended, pipe)
+                rt.hooks.wanted_on(ended, pipe)
+            elif job_id:
                 rt.inflight.touch(job_id, pipe)
-            pipe.execute()
-    except Exception:  # noqa: BLE001,S110 - the price of a Redis outage
-        pass
+            replies = pipe.execute()
+    except Exception:  # noqa: BLE001 - the price of a Redis outage
+        return None
+    return bool(replies[-1]) if ended else None
 
 
 _OUTCOME_FIELDS = {"status", "source", "reason", "image_sha256"}  # what _outcome reads
@@ -315,8 +339,17 @@ def _job_ended(job_id: str) -> None:
     with contextlib.suppress(Exception):  # a ledger entry left behind: the sweep ends it
         get_runtime().inflight.done(job_id)
     try:
-        if get_runtime().hooks.wanted(job_id):
-            notify.apply_async((job_id,))
+        wanted = get_runtime().hooks.wanted(job_id)
+    except Exception as exc:  # noqa: BLE001 - logged; the job's own outcome stands
+        log.error("job %s: could not send its webhook (%s)", job_id, type(exc).__name__)
+        return
+    if wanted:
+        _send_hook(job_id)
+
+
+def _send_hook(job_id: str) -> None:
+    try:
+        notify.apply_async((job_id,))
     except Exception as exc:  # noqa: BLE001 - logged; the job's own outcome stands
         log.error("job %s: could not send its webhook (%s)", job_id, type(exc).__name__)
 
@@ -386,7 +419,6 @@ def score_face(self: Task, *args: Any, **kwargs: Any) -> Any:
     if erased:  # admitted before the user's erasure (or its intake delivered again)
         let_go(None)
         raise UserErased(ERASED)
-    runtime.users.note_job(user_id, job_id)
     try:
         data: bytes | None
         if staged is None:
@@ -402,7 +434,7 @@ def score_face(self: Task, *args: Any, **kwargs: Any) -> Any:
         if _past_intake(runtime, job_id):
             raise Ignore()  # its chain answers (or answered); the sweep watches it
         raise ImageExpired("the image is no longer stored (its TTL passed); submit it again")
-    admission = runtime.users.admit(user_id, sha256, job_id)
+    admission = runtime.users.admit(user_id, sha256, job_id, noted=staged is not None)
     if admission.verdict == "stored":  # the same photo again: its stored result
         return let_go(admission.result)
     if admission.verdict == "cooldown":
@@ -443,7 +475,8 @@ def score_face(self: Task, *args: Any, **kwargs: Any) -> Any:
     )
     runtime.inflight.enter(job)  # from here a lost message is found (aurum_ml.redrive)
     if _stages_run_here(runtime):
-        return self.replace(store.s(_dump(_run_here(self, runtime, job))))
+        handoff = HandOff(runtime.state, sha256, data)
+        return self.replace(store.s(_dump(_run_here(self, runtime, job, handoff))))
     return self.replace(_stages(job))
 
 
@@ -461,21 +494,27 @@ def _stages_run_here(rt: Runtime) -> bool:
     )
 
 
-def _run_here(task: Task, rt: Runtime, job: Job) -> Job:
+def _run_here(task: Task, rt: Runtime, job: Job, handoff: HandOff) -> Job:
     """detect → embed → score in this task, each counted as its stage (aurum_ml.metrics)
-    as if it had run as one; the job then goes on to the store stage."""
+    as if it had run as one — their bookkeeping in one round trip, before the store stage
+    is sent — with the image and the chip handed on in memory; the job then goes on to
+    the store stage."""
     task.request.inline_s = 0.0
-    for stage, run in _MIDDLE:
-        started = time.perf_counter()
-        came_in = {"status": job.status}
-        outcome, source = "failed", "none"
-        try:
-            job = run(task, rt, job)
-            outcome, source = _outcome((came_in,), job.model_dump(include=_OUTCOME_FIELDS))
-        finally:
-            seconds = time.perf_counter() - started
-            task.request.inline_s += seconds
-            _stage_ran(stage, job.job_id, seconds, outcome, source)
+    runs: list[tuple[str, float, str, str]] = []
+    try:
+        for stage, run in _MIDDLE:
+            started = time.perf_counter()
+            came_in = {"status": job.status}
+            outcome, source = "failed", "none"
+            try:
+                job = run(task, rt, job, handoff)
+                outcome, source = _outcome((came_in,), job.model_dump(include=_OUTCOME_FIELDS))
+            finally:
+                seconds = time.perf_counter() - started
+                task.request.inline_s += seconds
+                runs.append((stage, seconds, outcome, source))
+    finally:
+        _stages_ran(runs, job.job_id)
     return job
 
 
@@ -510,20 +549,22 @@ def _with_service_or_fallback(
         raise
 
 
-def _detect(task: Task, rt: Runtime, job: Job) -> Job:
-    return _with_service_or_fallback(task, rt, rt.detect_service, lambda b: rt.detect(job, b))
+def _detect(task: Task, rt: Runtime, job: Job, state: PipelineState | None = None) -> Job:
+    return _with_service_or_fallback(
+        task, rt, rt.detect_service, lambda b: rt.detect(job, b, state)
+    )
 
 
-def _embed(task: Task, rt: Runtime, job: Job) -> Job:
-    return _with_service_or_fallback(task, rt, rt.embed_service, lambda b: rt.embed(job, b))
+def _embed(task: Task, rt: Runtime, job: Job, state: PipelineState | None = None) -> Job:
+    return _with_service_or_fallback(task, rt, rt.embed_service, lambda b: rt.embed(job, b, state))
 
 
-def _score(task: Task, rt: Runtime, job: Job) -> Job:
-    return rt.score(job)
+def _score(task: Task, rt: Runtime, job: Job, state: PipelineState | None = None) -> Job:
+    return rt.score(job, state)
 
 
 # the middle stages' bodies, in order: their tasks, and intake's run of them (_run_here)
-_MIDDLE: tuple[tuple[str, Callable[[Task, Runtime, Job], Job]], ...] = (
+_MIDDLE: tuple[tuple[str, Callable[[Task, Runtime, Job, PipelineState | None], Job]], ...] = (
     ("detect", _detect),
     ("embed", _embed),
     ("score", _score),

@@ -84,19 +84,30 @@ class UserRecords:
 
     # --- erasure epochs -----------------------------------------------------------------------
     def job_epoch(self, user_id: str, job_id: str) -> tuple[int, bool]:
-        """The epoch of the job's first admission, and whether the user was erased since.
-        A redelivered intake finds the epoch its first delivery recorded."""
-        tombstone = self._tombstone(user_id)
-        # named by a digest of the job id: it must outlive an erasure (a redelivered intake
-        # of an erased user's job finds the old epoch and stores nothing), and an erasure
-        # leaves no id of the user's jobs in Redis
-        key = keys.job_epoch(job_id)
+        """The epoch of the job's first admission, and whether the user was erased since;
+        the job is noted under the user (an erasure finds it). A redelivered intake finds
+        the epoch its first delivery recorded; a job its caller entered (aurum_ml.client,
+        which fixes the epoch and notes the job in one transaction) costs one round trip."""
+        tombstone, key = self._tombstone(user_id), keys.job_epoch(job_id)
         with redis_errors():
-            current = int(self.redis.get(tombstone) or 0)
-            self.redis.set(key, current, nx=True, ex=self.pending_ttl_s)
-            first = int(self.redis.get(key) or current)
-            if current:  # keep the counter alive while the user has jobs
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.get(tombstone)
+                pipe.get(key)
+                raw_current, raw_first = pipe.execute()
+            current = int(raw_current or 0)
+            if raw_first is None:  # published by other means: fix the epoch, note the job
+                jobs = self._key(user_id, "jobs")
+                with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.set(key, current, nx=True, ex=self.pending_ttl_s)
+                    pipe.get(key)
+                    pipe.sadd(jobs, job_id)
+                    pipe.expire(jobs, self.keep_s)
+                    if current:  # keep the counter alive while the user has jobs
+                        pipe.expire(tombstone, self.tombstone_s)
+                    raw_first = pipe.execute()[1]
+            elif current:
                 self.redis.expire(tombstone, self.tombstone_s)
+        first = int(raw_first or current)
         return first, current > first
 
     def erased_after(self, user_id: str, epoch: int) -> bool:
@@ -139,13 +150,15 @@ class UserRecords:
             u: t.decode() if t is not None else None for u, t in zip(user_ids, found, strict=True)
         }
 
-    def admit(self, user_id: str, sha256: str, job_id: str) -> Admission:
-        """May this photo be scored now? Reserves the user's cooldown slot for it."""
+    def admit(self, user_id: str, sha256: str, job_id: str, noted: bool = False) -> Admission:
+        """May this photo be scored now? Reserves the user's cooldown slot for it, and
+        notes the image under the user unless its caller did (``noted``)."""
         if self.cooldown_s > 0:
             admission = self._reserve(user_id, sha256, job_id)
             if admission.verdict != "score":
                 return admission
-        self.note_image(user_id, sha256)
+        if not noted:
+            self.note_image(user_id, sha256)
         return Admission("score")
 
     def note_image(self, user_id: str, sha256: str) -> None:

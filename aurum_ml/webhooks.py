@@ -139,6 +139,10 @@ class HookRecords:
         with redis_errors():
             return bool(self.redis.exists(self._key(job_id)))
 
+    def wanted_on(self, job_id: str, pipe: Any) -> None:
+        """:meth:`wanted` on ``pipe``, executed by the caller (its reply: a count)."""
+        pipe.exists(self._key(job_id))
+
     def get(self, job_id: str) -> Delivery | None:
         with redis_errors():
             raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self._key(job_id)).items()}
