@@ -12,13 +12,13 @@ import contextlib
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import numpy as np
 from celery import Celery
 from celery.result import _set_task_join_will_block
 from celery.worker import WorkController
 
+from aurum_ml.faces import FacePayload, read_payload
 from aurum_ml.queries import stored_result
 from aurum_ml.rerank import rerank
 from aurum_ml.runtime import Runtime
@@ -77,37 +77,21 @@ def restore(runtime: Runtime, with_results: bool = True) -> None:
     run under a new job id. A query needs none of that (it reads the points) and skips
     the one same-person search per user it costs."""
     rerank(runtime, update_payloads=False)
-    latest: dict[str, tuple[str, np.ndarray, dict[str, Any]]] = {}
-    for pid, vector, payload in runtime.vectors.points(with_payload=True):
-        user = payload.get("user_id")
-        if user and payload.get("stored_at", 0) >= latest.get(user, ("", None, {}))[2].get(
-            "stored_at", 0
-        ):
+    latest: dict[str, tuple[str, np.ndarray, FacePayload]] = {}
+    for pid, vector, raw in runtime.vectors.points(with_payload=True):
+        payload, user = read_payload(raw), str(raw.get("user_id") or "")
+        if user and (user not in latest or payload["stored_at"] >= latest[user][2]["stored_at"]):
             latest[user] = (pid, vector, payload)
     horizon = time.time() - runtime.users.result_ttl
     for user, (pid, vector, payload) in latest.items():
-        if not with_results or payload.get("stored_at", 0) < horizon:
-            runtime.users.restore(
-                user, payload["image_sha256"], payload["job_id"], payload["stored_at"]
-            )
+        sha256, job_id = str(payload["image_sha256"]), str(payload["job_id"])
+        if not with_results or payload["stored_at"] < horizon:
+            runtime.users.restore(user, sha256, job_id, payload["stored_at"])
             continue  # a cluster would no longer hold its result either
-        hits = runtime.vectors.nearest_others(
-            vector,
-            user,
-            limit=runtime.settings.match_limit,
-            max_distance=runtime.settings.same_person_distance,
-        )
-        matches = [
-            {"user_id": str(p.get("user_id")), "point_id": hit, "distance": round(d, 4)}
-            for hit, d, p in hits
-        ]
+        matches = [m.model_dump() for m in runtime.vectors.same_person(vector, user)]
         result = Result.model_validate(stored_result(runtime, pid, payload, matches))
         runtime.users.restore(
-            user,
-            payload["image_sha256"],
-            payload["job_id"],
-            payload["stored_at"],
-            result.model_dump(mode="json"),
+            user, sha256, job_id, payload["stored_at"], result.model_dump(mode="json")
         )
 
 

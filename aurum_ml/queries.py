@@ -6,8 +6,10 @@ They read the score index (Redis) and the vectors (Qdrant); none changes anythin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from aurum_ml.faces import read_payload
 from aurum_ml.index import score_of
 from aurum_ml.population import Population
 
@@ -27,38 +29,39 @@ def _standing(runtime: Population, point_id: str | None) -> dict[str, Any]:
 
 
 def stored_result(
-    runtime: Population, point_id: str, payload: dict[str, Any], matches: list[dict[str, Any]]
+    runtime: Population, point_id: str, raw: Mapping[str, Any], matches: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """A scored result rebuilt from a stored point: its payload, its standing as it is
     now in the score index (the payload's score, percentile and rank are those of the day
     it was stored: the fallback when the index does not hold it) and ``matches`` (for a
     user whose cached result is gone, e.g. after the embedded default's restart)."""
+    payload = read_payload(raw)
     summary = runtime.index.stats()
     stored = {
-        "score": payload.get("score"),
-        "percentile": payload.get("percentile"),
-        "rank": payload.get("rank"),
-        "total_faces": payload.get("total_faces"),
+        "score": payload["score"],
+        "percentile": payload["percentile"],
+        "rank": payload["rank"],
+        "total_faces": payload["total_faces"],
     }
     standing = _standing(runtime, point_id) or stored
     return {
-        "job_id": payload.get("job_id"),
+        "job_id": payload["job_id"],
         "status": "scored",
         "reason": None,
         "message": None,
-        "user_id": payload.get("user_id"),
-        "face": payload.get("face"),
-        "quality": payload.get("quality"),
+        "user_id": payload["user_id"],
+        "face": payload["face"],
+        "quality": payload["quality"],
         "score": standing["score"],
         "percentile": standing["percentile"],
         "point_id": point_id,
-        "model": payload.get("model"),
-        "source": payload.get("source"),
-        "confidence": payload.get("confidence"),
-        "vibes": payload.get("vibes", []),
+        "model": payload["model"],
+        "source": payload["source"],
+        "confidence": payload["confidence"],
+        "vibes": payload["vibes"],
         "matches": matches,
         "distribution": summary["distribution"] if summary else None,
-        "scored_at": payload.get("created_at"),
+        "scored_at": payload["created_at"],
         "rank": standing["rank"],
         "total_faces": standing["total_faces"],
     }

@@ -46,6 +46,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from aurum_ml.errors import ConfigError, StoreUnavailable
+from aurum_ml.schemas import Match
 from aurum_ml.settings import Settings
 
 __all__ = [
@@ -665,6 +666,21 @@ class VectorStore:
         """All points of one user, newest first."""
         found = list(self._scroll(256, True, user_id))
         return sorted(found, key=lambda p: p[2].get("stored_at", 0.0), reverse=True)
+
+    def same_person(self, vector: np.ndarray, user_id: str) -> list[Match]:
+        """Other users' faces within SAME_PERSON_DISTANCE of ``vector``, nearest first, at
+        most MATCH_LIMIT: the one same-person search (the store stage's, and the embedded
+        default's when it rebuilds the latest results)."""
+        hits = self.nearest_others(
+            vector,
+            user_id,
+            limit=self.settings.match_limit,
+            max_distance=self.settings.same_person_distance,
+        )
+        return [
+            Match(user_id=str(payload.get("user_id")), point_id=pid, distance=round(d, 4))
+            for pid, d, payload in hits
+        ]
 
     def nearest_others(
         self, vector: np.ndarray, user_id: str, limit: int, max_distance: float | None = None

@@ -95,6 +95,40 @@ def _run(pids: dict[str, list[int]], images: list[str], jobs: int, tag: str) -> 
     return out
 
 
+def _model_cpu_ms(blobs: list[bytes], rounds: int = 5) -> float:
+    """The models' own work a job, in this process, with the chain's settings and code:
+    decode, detection with landmarks, quality measurements, the aligned chip and the
+    descriptor — what the stages do minus the chain (messages, Redis, Qdrant, results).
+    The median over ``rounds`` of the CPU time per photo of the whole set."""
+    import statistics
+
+    from aurum_ml.backends.local import LocalFaceModel, face_chip
+    from aurum_ml.imaging import decode_scaled
+    from aurum_ml.quality import measure_quality
+    from aurum_ml.settings import get_settings
+    from aurum_ml.stages.detect import face_of
+
+    settings = get_settings()
+    model = LocalFaceModel(settings)
+    model.warm_up()
+
+    def one(blob: bytes) -> None:
+        decoded = decode_scaled(blob, settings)
+        face = model.detect_decoded(decoded)[0].scaled(1 / decoded.scale)
+        measure_quality(decoded.image, face_of(face))
+        model.embed_chip(face_chip(decoded.image, face))
+
+    for blob in blobs:
+        one(blob)  # warm
+    per_round = []
+    for _ in range(rounds):
+        started = time.process_time()
+        for blob in blobs:
+            one(blob)
+        per_round.append((time.process_time() - started) * 1000 / len(blobs))
+    return statistics.median(per_round)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=120)
@@ -112,6 +146,7 @@ def main() -> None:
     sets = dict(zip(("real size", "640 px"), photo_sets(fetch()).values(), strict=True))
     env, folder, client = bench_env("aurum-profile-")
     measured: dict[str, dict[str, float]] = {}
+    models: dict[str, float] = {}
     shares: tuple[int, list[tuple[str, float]]] | None = None
     started = workers(env)
     try:
@@ -141,6 +176,7 @@ def main() -> None:
                 )  # fmt: skip
                 time.sleep(1)
             measured[label] = _run(pids, batch, jobs, f"p{n}")
+            models[label] = _model_cpu_ms(sets[label])  # right after: the same machine
             if recorder is not None:
                 recorder.send_signal(2)  # SIGINT: py-spy writes its file and exits
                 recorder.wait(60)
@@ -170,6 +206,15 @@ def main() -> None:
                      + " |")  # fmt: skip
     totals = [sum(v for key, v in measured[k].items() if key != "rate") for k in labels]
     lines.append("| all of them | " + " | ".join(f"{t:.1f} ms" for t in totals) + " |")
+    lines.append(
+        "| the models' own work (decode, detect, quality, chip, descriptor), in one process "
+        "| " + " | ".join(f"{models[k]:.1f} ms" for k in labels) + " |"
+    )
+    lines.append(
+        "| **the chain's plumbing** (all of them − the models' work) | "
+        + " | ".join(f"**{t - models[k]:.1f} ms**" for t, k in zip(totals, labels, strict=True))
+        + " |"
+    )
     if shares is not None:
         total, rows = shares
         lines += [

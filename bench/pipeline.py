@@ -199,6 +199,49 @@ def _both(pool, blobs: list[bytes], jobs: int, rounds: int, low_load: int, tag: 
     }
 
 
+_IMPORT = """
+import json, sys, time
+started = time.perf_counter()
+import aurum_ml.client as client
+imported = time.perf_counter() - started
+client.Caller(client.CallerSettings("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0",
+                                    "redis://127.0.0.1:6379/0"))
+print(json.dumps([imported, time.perf_counter() - started - imported]))
+"""
+_FULL_IMPORT = """
+import json, time
+started = time.perf_counter()
+import aurum_ml.tasks
+print(json.dumps(time.perf_counter() - started))
+"""
+
+
+def import_times(runs: int = 7) -> dict[str, float]:
+    """Median seconds, each in a fresh interpreter: ``import aurum_ml.client`` in a venv
+    with only celery[redis] (tests/thin_venv.py), what its first submission adds (celery
+    and redis-py imported, the publisher built), and ``import aurum_ml.tasks`` with the
+    whole package."""
+    from thin_venv import thin_python
+
+    thin = str(thin_python())
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PYTHONNOUSERSITE": "1"}
+    client, first, full = [], [], []
+    for _ in range(runs):
+        out = subprocess.run([thin, "-c", _IMPORT], env=env, capture_output=True, text=True,
+                             check=True)  # fmt: skip
+        a, b = (float(x) for x in out.stdout.strip().strip("[]").split(","))
+        client.append(a)
+        first.append(b)
+        out = subprocess.run([sys.executable, "-c", _FULL_IMPORT], capture_output=True,
+                             text=True, check=True)  # fmt: skip
+        full.append(float(out.stdout))
+    return {
+        "client": statistics.median(client),
+        "first": statistics.median(first),
+        "full": statistics.median(full),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=60)
@@ -209,6 +252,7 @@ def main() -> None:
     from photos import fetch
     from report import write_section
 
+    imports = import_times()
     sets = photo_sets(fetch())
     env, folder, client = bench_env("aurum-bench-")
     layouts = {  # the workers' settings
@@ -287,6 +331,14 @@ def main() -> None:
             values = [r["timings_ms"][stage] for r in chains[layout][first]["results"]]
             cells += [f"{statistics.median(values):.0f}", f"{_p95(values):.0f}"]
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "The thin caller (`from aurum_ml.client import score_face`, in a venv with only "
+        "celery[redis]), median of 7 fresh interpreters: its import "
+        f"{imports['client'] * 1000:.0f} ms; its first submission adds "
+        f"{imports['first'] * 1000:.0f} ms once (celery and redis-py imported, the publisher "
+        f"built). `import aurum_ml.tasks` with the whole package: {imports['full'] * 1000:.0f} ms.",
+    ]
     write_section("pipeline", "The whole chain vs the raw model loop (`make bench`)", lines)
 
 

@@ -7,12 +7,10 @@ import time
 import numpy as np
 
 from aurum_ml.errors import ImageExpired
-from aurum_ml.imaging import decode_scaled
 from aurum_ml.index import ScoreIndex, score_of, unit
-from aurum_ml.quality import confidence, describe, gate, measure_quality
+from aurum_ml.quality import confidence, describe, gate
 from aurum_ml.schemas import Job
 from aurum_ml.settings import Settings
-from aurum_ml.stages.detect import detection_of, face_of
 from aurum_ml.state import PipelineState
 from aurum_ml.vectors import point_id
 from aurum_ml.vibes import VibeReference, vibes_of
@@ -27,15 +25,9 @@ def score(job: Job, *, state: PipelineState, index: ScoreIndex, settings: Settin
     vector = state.get_embedding(job.job_id)
     if vector is None:
         raise ImageExpired("the job's embedding is no longer stored (its TTL passed)")
-    if job.quality is not None:  # measured by the detect stage, on the pixels it decoded
-        quality = job.quality.model_copy()
-    else:  # detected before that (a job in flight across an upgrade): measure here
-        decoded = decode_scaled(state.get_image(job.image_sha256), settings)
-        seen = face_of(detection_of(job.face).scaled(1 / decoded.scale))  # in decoded pixels
-        quality = measure_quality(decoded.image, seen)
-        if decoded.scale > 1:  # sizes are reported in the full image's pixels
-            quality.face_width_px = job.face.box[2] - job.face.box[0]
-            quality.face_height_px = job.face.box[3] - job.face.box[1]
+    if job.quality is None:  # measured once, by the detect stage, on the pixels it decoded
+        raise ImageExpired("the job's face was found without its quality measured; submit again")
+    quality = job.quality.model_copy()
     quality.issues = gate(quality, job.face.detection_score, settings)
     timings = job.timings_ms.model_copy(
         update={"score": round((time.perf_counter() - started) * 1000, 1)}

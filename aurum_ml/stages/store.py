@@ -5,11 +5,11 @@ its point and index entry already there."""
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 from aurum_ml.errors import ImageExpired, UserErased
+from aurum_ml.faces import face_payload
 from aurum_ml.index import ScoreIndex
-from aurum_ml.schemas import Job, Match, Result
+from aurum_ml.schemas import Job, Result
 from aurum_ml.settings import Settings
 from aurum_ml.state import DegradedJobs, PipelineState
 from aurum_ml.users import UserRecords
@@ -46,8 +46,7 @@ def store(
         users.rejected(job.user_id, job.image_sha256, job.job_id)
         state.release(job.image_sha256, job.job_id)
     else:
-        job = _store_face(job, vectors=vectors, index=index, users=users, state=state,
-                          settings=settings)  # fmt: skip
+        job = _store_face(job, vectors=vectors, index=index, users=users, state=state)
         state.release(job.image_sha256, job.job_id)
     elapsed = (time.perf_counter() - started) * 1000
     total = (time.time() - job.submitted_at) * 1000
@@ -83,7 +82,6 @@ def _store_face(
     index: ScoreIndex,
     users: UserRecords,
     state: PipelineState,
-    settings: Settings,
 ) -> Job:
     assert job.point_id is not None
     vector = state.get_embedding(job.job_id)
@@ -92,33 +90,9 @@ def _store_face(
         if stored is None:
             raise ImageExpired("the job's embedding is no longer stored (its TTL passed)")
         vector = stored[0]
-    hits = vectors.nearest_others(
-        vector, job.user_id, limit=settings.match_limit, max_distance=settings.same_person_distance
-    )
-    matches = [
-        Match(user_id=str(payload.get("user_id")), point_id=pid, distance=round(distance, 4))
-        for pid, distance, payload in hits
-    ]
-    payload = {
-        "user_id": job.user_id,
-        "job_id": job.job_id,
-        "image_sha256": job.image_sha256,
-        "score": job.score,
-        "percentile": job.percentile,
-        "rank": job.rank,
-        "total_faces": job.total_faces,
-        "typicality": job.typicality,
-        "confidence": job.confidence,
-        "vibes": job.vibes,
-        "face": job.face.model_dump() if job.face else None,
-        "quality": job.quality.model_dump() if job.quality else None,
-        "model": job.model,
-        "source": job.source,
-        "created_at": datetime.fromtimestamp(job.submitted_at, UTC).isoformat(),
-        "stored_at": job.submitted_at,
-        "erasure_epoch": job.epoch,  # an import skips the face if the user was erased since
-    }
-    vectors.upsert(job.point_id, vector, payload)
+    matches = vectors.same_person(vector, job.user_id)
+    payload = face_payload(job)
+    vectors.upsert(job.point_id, vector, dict(payload))
     index.add(job.point_id, vector, job.typicality or 0.0)
     if users.erased_after(job.user_id, job.epoch):  # erased while we wrote: take it out
         index.remove([(job.point_id, vector)])  # its pending entry too

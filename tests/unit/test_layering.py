@@ -21,7 +21,7 @@ DOORS = {
         "request", "keys", "client",
     },
     "population": {
-        "population", "index", "rerank", "queries", "users", "vibes", "forget", "vectors",
+        "population", "faces", "index", "rerank", "queries", "users", "vibes", "forget", "vectors",
         "transfer", "persistence",
     },
     "pipeline": {
