@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aurum_ml import keys
-from aurum_ml.errors import BadInput, ConfigError, InvalidRequest
+from aurum_ml.errors import BadInput, ConfigError, InvalidRequest, StateUnavailable
 from aurum_ml.request import (
     IMAGE_REF,
     PARAMETERS,
@@ -308,9 +308,25 @@ class Caller:
             return self.app.send_task(
                 TASK, submission.args, submission.kwargs, task_id=job_id, **options
             )
-        except BaseException:
+        except BaseException as exc:
             withdraw(self.redis, submission)
+            if _unreachable(exc):  # nothing was published: the caller may try again
+                raise StateUnavailable(
+                    f"the broker or its result store is unreachable ({type(exc).__name__}); "
+                    "nothing was published"
+                ) from exc
             raise
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """A publish that failed for want of the broker or the result store: kombu's and
+    redis-py's connection errors, and Celery's "Retry limit exceeded while trying to
+    reconnect to the Celery result store" (a RuntimeError)."""
+    from kombu.exceptions import OperationalError
+
+    if isinstance(exc, OperationalError | ConnectionError | OSError):
+        return True
+    return isinstance(exc, RuntimeError) and "Retry limit exceeded" in str(exc)
 
 
 def _publisher(settings: CallerSettings) -> Celery:

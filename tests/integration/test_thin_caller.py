@@ -129,3 +129,22 @@ def test_the_callers_settings_are_the_workers(environ, monkeypatch):
         keep_s=full.result_expires_s,
         publish_max_retries=full.publish_max_retries,
     )
+
+
+def test_with_the_broker_down_the_thin_caller_raises_a_typed_error(thin):
+    """Nothing listens on 127.0.0.1:1: a typed, retryable error, not Celery's RuntimeError."""
+    dead = "redis://127.0.0.1:1/0"
+    script = (
+        "import aurum_ml.client as c\n"
+        "from aurum_ml.errors import StateUnavailable\n"
+        f"c._caller = c.Caller(c.CallerSettings({dead!r}, {dead!r}, {dead!r}, "
+        "publish_max_retries=1))\n"
+        "try:\n"
+        "    c.score_face.delay('AAAA', user_id='u')\n"
+        "except StateUnavailable as exc:\n"
+        "    print('typed:', exc)\n"
+    )
+    out = subprocess.run([str(thin), "-c", script], capture_output=True, text=True,
+                         env=_thin_env(), timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "typed: the broker or its result store is unreachable" in out.stdout
