@@ -15,7 +15,7 @@ With a local Qdrant folder (no QDRANT_URL) only one process may open it. The rul
 store worker owns the folder — it runs as one process (``--pool threads``), and every task
 that reads or writes vectors is routed to the store queue (VECTOR_TASKS below). A worker
 that consumes the store queue and cannot own the folder refuses to start
-(aurum_ml.vectors.claim_local_folder). With a Qdrant server those tasks stay on the
+(aurum_ml.population.vectors.claim_local_folder). With a Qdrant server those tasks stay on the
 maintenance queue.
 """
 
@@ -26,7 +26,7 @@ from kombu import Exchange, Queue
 
 from aurum_ml.settings import get_settings
 
-# aurum_ml.celery_app loads this file by its path, never as "whatever celeryconfig comes
+# aurum_ml.pipeline.celery_app loads this file by its path, never as "whatever celeryconfig comes
 # first on sys.path" (an app's own celeryconfig.py would replace our routes and JSON-only
 # rule), and refuses a config without this marker.
 AURUM_ML_CONFIG = "aurum_ml"
@@ -71,7 +71,7 @@ result_accept_content = ["json"]
 # so it shares the detect queue rather than needing one more worker pool.
 STAGE_QUEUES = ("detect", "embed", "score", "store")
 MAINTENANCE_QUEUE = "maintenance"
-# webhooks (aurum_ml.webhooks): network calls to the app, apart from the pipeline's workers
+# webhooks (aurum_ml.pipeline.webhooks): network calls to the app, apart from the pipeline's workers
 NOTIFY_QUEUE = "notify"
 QUEUES = (*STAGE_QUEUES, MAINTENANCE_QUEUE, NOTIFY_QUEUE)
 
@@ -228,7 +228,7 @@ beat_schedule = {
         # a probe that waited longer than an interval is stale: the next one is coming
         "options": {"expires": _settings.health_probe_interval_s},
     },
-    # jobs the broker lost (aurum_ml.redrive); a sweep that waited an interval is stale
+    # jobs the broker lost (aurum_ml.pipeline.redrive); a sweep that waited an interval is stale
     "redrive-stalled": {
         "task": "aurum_ml.redrive_stalled",
         "schedule": _settings.redrive_interval_s,

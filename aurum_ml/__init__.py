@@ -14,7 +14,7 @@ __all__ = ["__version__", "app"]
 
 def __getattr__(name: str) -> Any:
     if name in ("app", "celery"):
-        from aurum_ml.celery_app import app
+        from aurum_ml.pipeline.celery_app import app
 
         return app
     raise AttributeError(f"module 'aurum_ml' has no attribute {name!r}")

@@ -23,7 +23,7 @@ killed there takes the message with it: nothing in Redis knows it was handed out
 most ``brpop_timeout``, 1 s) has been read and its message recorded.
 
 :func:`install` makes ``redis://`` and ``rediss://`` URLs use this transport (kombu's
-``TRANSPORT_ALIASES`` is its registry of transports); aurum_ml.celery_app calls it.
+``TRANSPORT_ALIASES`` is its registry of transports); aurum_ml.pipeline.celery_app calls it.
 """
 
 from __future__ import annotations

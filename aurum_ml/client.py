@@ -5,7 +5,7 @@
     from aurum_ml.client import score_face
 
     job = score_face.delay(image_b64, user_id="u1")  # an AsyncResult
-    result = job.get(timeout=60)  # the same Result dict as aurum_ml.tasks.score_face gives
+    result = job.get(timeout=60)  # the same Result dict as aurum_ml.pipeline.tasks.score_face gives
 
 It imports no model, OpenCV, numpy, pydantic or Qdrant code: an app needs only
 ``pip install celery[redis]`` and this package's files (``aurum_ml/client.py``,
@@ -18,7 +18,7 @@ A submission is checked once (:func:`aurum_ml.request.check_score_request`: Inva
 nothing published), its image stored in Redis under its content hash with the job's
 erasure epoch, user notes and in-flight ledger entry — one transaction, two round trips
 (:func:`stage_submission`) — and then published naming the image. The full package's
-``aurum_ml.tasks.score_face.delay`` runs the very same steps.
+``aurum_ml.pipeline.tasks.score_face.delay`` runs the very same steps.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def stage_submission(
     for ``job_id`` (noted under the user: an erasure deletes it, whenever it comes), fix the
     job's erasure epoch now (a photo sent before its user's erasure stores nothing, whenever
     a worker takes it), note the job under its user, and enter the request — naming the
-    image — in the in-flight ledger, so a lost message is sent again (aurum_ml.redrive).
+    image — in the in-flight ledger, so a lost message is sent again (aurum_ml.pipeline.redrive).
 
     Two round trips: the user's erasure epoch, then everything else in one MULTI. Best
     effort: if Redis refuses the image, the request is entered with the image inline; if
@@ -208,7 +208,7 @@ def _write(
     image_ttl_s: int,
     keep_s: int,
 ) -> None:
-    from kombu.utils.json import dumps  # the ledger's encoding (aurum_ml.state.InFlight)
+    from kombu.utils.json import dumps  # the ledger's encoding (aurum_ml.pipeline.state.InFlight)
 
     tombstone, epoch_key = keys.tombstone(user_id), keys.job_epoch(job_id)
     current = int(client.get(tombstone) or 0)

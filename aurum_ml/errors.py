@@ -12,7 +12,7 @@
         │                           another process)
         ├── ImageExpired            the stored image or vector is gone (TTL passed)
         ├── JobLost                 the job stalled and was sent again REDRIVE_MAX times
-        │                           without ending (aurum_ml.redrive)
+        │                           without ending (aurum_ml.pipeline.redrive)
         ├── UserErased              the user was erased after the job was admitted:
         │                           nothing of it is stored
         ├── ServiceError            an ML service said no (401, 404, 422…) or answered

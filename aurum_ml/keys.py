@@ -2,7 +2,8 @@
 
 A submission is written by whoever calls ``score_face`` — the thin caller
 (:mod:`aurum_ml.client`), the API, the CLI — and read by the pipeline's intake, the lost-job
-sweep and erasure (:mod:`aurum_ml.users`, :mod:`aurum_ml.state`). Standard library only.
+sweep and erasure (:mod:`aurum_ml.population.users`, :mod:`aurum_ml.pipeline.state`).
+Standard library only.
 """
 
 from __future__ import annotations

@@ -85,7 +85,8 @@ class Quality(BaseModel):
         ..., description="nose off the eyes' midpoint along the eye line, in eye distances"
     )
     issues: list[str] = Field(
-        default_factory=list, description="quality-gate codes failed (see aurum_ml.quality)"
+        default_factory=list,
+        description="quality-gate codes failed (see aurum_ml.pipeline.quality)",
     )
 
 
@@ -172,7 +173,9 @@ class Job(Result):
     allow_multiple_faces: bool = False
     submitted_at: float = Field(..., description="unix time of intake, s")
     typicality: float | None = Field(None, description="cosine similarity to the centroid")
-    epoch: int = Field(0, description="the user's erasure epoch at admission (aurum_ml.users)")
+    epoch: int = Field(
+        0, description="the user's erasure epoch at admission (aurum_ml.population.users)"
+    )
 
     def reject(self, reason: Reason, message: str) -> Job:
         return self.model_copy(update={"status": "rejected", "reason": reason, "message": message})

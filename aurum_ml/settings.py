@@ -57,7 +57,8 @@ class Settings(BaseSettings):
         24_000_000, gt=0, validation_alias="IMAGE_MAX_PIXELS_FULL_DECODE"
     )
     image_min_side: int = Field(64, ge=1, validation_alias="IMAGE_MIN_SIDE")
-    # what decoding one image may take at its peak (aurum_ml.imaging.ImageInfo.decode_bytes):
+    # what decoding one image may take at its peak
+    # (aurum_ml.pipeline.imaging.ImageInfo.decode_bytes):
     # an image that would take more is refused from its header as image_too_large
     image_decode_budget_mb: int = Field(110, ge=16, validation_alias="IMAGE_DECODE_BUDGET_MB")
     image_ttl_s: int = Field(3600, ge=60, validation_alias="IMAGE_TTL_SECONDS")
@@ -69,7 +70,7 @@ class Settings(BaseSettings):
     detect_min_score: float = Field(0.4, validation_alias="DETECT_MIN_SCORE")
     # HOG coarse to fine: first search without the pyramid's N finest levels (the smallest
     # faces); the full search runs only when that finds no face, or one near its floor.
-    # 0: always the full search (aurum_ml.backends.local.LocalFaceModel.detect_image)
+    # 0: always the full search (aurum_ml.pipeline.backends.local.LocalFaceModel.detect_image)
     detect_coarse_levels: int = Field(3, ge=0, le=6, validation_alias="DETECT_COARSE_LEVELS")
     min_face_px: int = Field(48, ge=1, validation_alias="MIN_FACE_PX")
     allow_multiple_faces: bool = Field(False, validation_alias="ALLOW_MULTIPLE_FACES")
@@ -115,7 +116,7 @@ class Settings(BaseSettings):
     )
     result_expires_s: int = Field(86400, ge=60, validation_alias="RESULT_EXPIRES")
     # a job no stage ran on for this long, and no backlog it could be waiting in, was
-    # lost by the broker: beat sends it again (aurum_ml.redrive)
+    # lost by the broker: beat sends it again (aurum_ml.pipeline.redrive)
     stalled_after_s: int = Field(600, ge=5, validation_alias="STALLED_AFTER")
     redrive_interval_s: float = Field(60.0, gt=0, le=3600, validation_alias="REDRIVE_INTERVAL")
     redrive_max: int = Field(3, ge=0, le=20, validation_alias="REDRIVE_MAX")
@@ -140,7 +141,7 @@ class Settings(BaseSettings):
     health_window: int = Field(10, ge=1, le=1000, validation_alias="HEALTH_WINDOW")
     health_failure_probes: int = Field(2, ge=1, le=100, validation_alias="HEALTH_FAILURE_PROBES")
     health_recovery_probes: int = Field(3, ge=1, le=100, validation_alias="HEALTH_RECOVERY_PROBES")
-    # adaptive hold (aurum_ml.health): each time the flag turned on within this many
+    # adaptive hold (aurum_ml.pipeline.health): each time the flag turned on within this many
     # seconds before, the successes it needs to turn off double, up to FALLBACK_MAX_HOLD s
     fallback_flap_window_s: float = Field(900.0, ge=0, validation_alias="FALLBACK_FLAP_WINDOW")
     fallback_max_hold_s: float = Field(600.0, ge=0, validation_alias="FALLBACK_MAX_HOLD")
@@ -151,7 +152,7 @@ class Settings(BaseSettings):
     # how long a population query or the re-rank (CLI, HTTP API) waits for a worker's answer
     query_timeout_s: float = Field(120.0, gt=0, le=3600, validation_alias="QUERY_TIMEOUT")
 
-    # --- every HTTP server we ship (aurum_ml.serving) ----------------------------------------
+    # --- every HTTP server we ship (aurum_ml.surfaces.serving) -------------------------------
     http_header_timeout_s: float = Field(10.0, gt=0, le=300, validation_alias="HTTP_HEADER_TIMEOUT")
     http_body_timeout_s: float = Field(60.0, gt=0, le=3600, validation_alias="HTTP_BODY_TIMEOUT")
     http_keepalive_timeout_s: int = Field(

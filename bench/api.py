@@ -44,7 +44,7 @@ def _start(env: dict[str, str], port: int) -> list[subprocess.Popen]:
             [
                 sys.executable,
                 "-m",
-                "aurum_ml.cli",
+                "aurum_ml.surfaces.cli",
                 "serve",
                 "api",
                 "--port",
@@ -98,7 +98,7 @@ def main() -> None:
     counter = iter(range(10**9))
 
     def by_delay() -> float:
-        from aurum_ml.tasks import score_face
+        from aurum_ml.pipeline.tasks import score_face
 
         i = next(counter)
         started = time.perf_counter()
@@ -132,7 +132,7 @@ def main() -> None:
             delay_times.append(by_delay())
             api_times.append(by_api())
 
-        from aurum_ml.tasks import score_face
+        from aurum_ml.pipeline.tasks import score_face
 
         started = time.perf_counter()
         jobs = [score_face.delay(images[i % 4], user_id=f"t-{i}") for i in range(args.jobs)]

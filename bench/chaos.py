@@ -214,8 +214,8 @@ def run_caller(args: argparse.Namespace) -> None:
     from celery.result import AsyncResult
     from celery.utils import uuid
 
-    from aurum_ml.runtime import get_runtime
-    from aurum_ml.tasks import forget_user, score_face, stats
+    from aurum_ml.pipeline.runtime import get_runtime
+    from aurum_ml.pipeline.tasks import forget_user, score_face, stats
 
     photos = [base64.b64encode((Path(args.photos) / n).read_bytes()).decode() for n in PHOTOS]
     submitted_at: dict[str, float] = {}
@@ -343,9 +343,9 @@ def run_corpus(args: argparse.Namespace) -> None:
     import pickle
 
     sys.path.insert(0, str(ROOT / "tests"))
-    from aurum_ml.celery_app import app, config
     from aurum_ml.errors import InvalidRequest
-    from aurum_ml.tasks import score_face
+    from aurum_ml.pipeline.celery_app import app, config
+    from aurum_ml.pipeline.tasks import score_face
 
     from samples import bad_images, bad_texts
 
@@ -440,7 +440,7 @@ def workers(
     stack: Stack, beat: bool = False, store_threads: int = 1
 ) -> Iterator[tuple[Worker, Worker]]:
     """The scenario's model and store workers, and beat if asked (its sweep sends lost
-    jobs again: aurum_ml.redrive); everything (Redis too) stopped at the end."""
+    jobs again: aurum_ml.pipeline.redrive); everything (Redis too) stopped at the end."""
     store = Worker(stack, "store", STORE_QUEUES, "threads", store_threads).start()
     model = Worker(stack, "model", MODEL_QUEUES, "prefork", 2).start()
     beat_process = None
@@ -466,7 +466,7 @@ def stuck_snapshot(client: Any, job_ids: list[str]) -> dict[str, Any]:
     """Where unresolved jobs stand, taken by the caller at its deadline (before it erases
     the run's users): each queue's length, the broker's unacked messages and the keys each
     job still has (image refs, chip, vector, a pending placement, a result)."""
-    from aurum_ml.celery_app import config
+    from aurum_ml.pipeline.celery_app import config
 
     found: dict[str, Any] = {}
     try:
@@ -621,7 +621,7 @@ def services_down(
 ) -> dict[str, Any]:
     """Both ML services SIGKILLed for ``down_s`` while jobs keep coming and beat probes every
     ``interval`` s: the fallback flag turns on, jobs go on in-process, and back."""
-    from aurum_ml import health
+    from aurum_ml.pipeline import health
 
     stack = Stack.create(folder, ML_SERVICE_TOKEN="chaos-token",
                          HEALTH_PROBE_INTERVAL=str(interval))  # fmt: skip
@@ -785,7 +785,7 @@ def main() -> None:
 
 
 def write_report(path: Path, results: dict[str, Any]) -> None:
-    from aurum_ml.celery_app import config as celeryconfig
+    from aurum_ml.pipeline.celery_app import config as celeryconfig
 
     settings = celeryconfig._settings
     lines = [

@@ -96,7 +96,7 @@ def _hook_env(*receivers: Receiver) -> dict[str, str]:
 def _deliveries(stack: Stack, receiver: Receiver, job_ids: list[str]) -> dict[str, Any]:
     """Per job: successful deliveries, POSTs received, and the attempts the job's hook
     record counts (every POST that left must be counted)."""
-    from aurum_ml.webhooks import HookRecords
+    from aurum_ml.pipeline.webhooks import HookRecords
 
     hooks = HookRecords(stack.redis.client(), keep_s=3600)
     ok, sent = receiver.ok(), receiver.sent()
@@ -188,11 +188,11 @@ def receiver_outage(folder: Path, photos: Path, jobs: int, outages: tuple[float,
 def _fill(stack: Stack, faces: int) -> float:
     """``faces`` generated faces in the scenario's Qdrant folder (unindexed, as after a
     day of arrivals), the vibe reference frozen first (as a deployment's is)."""
-    from aurum_ml.backends.local import MODEL_ID
-    from aurum_ml.index import ScoreIndex
+    from aurum_ml.pipeline.backends.local import MODEL_ID
+    from aurum_ml.population.index import ScoreIndex
+    from aurum_ml.population.vectors import VectorStore
+    from aurum_ml.population.vibes import reference_from
     from aurum_ml.settings import get_settings
-    from aurum_ml.vectors import VectorStore
-    from aurum_ml.vibes import reference_from
 
     folder = Path(stack.env["QDRANT_PATH"])
     settings = get_settings().model_copy(update={"qdrant_path": folder, "qdrant_url": None})
@@ -225,7 +225,7 @@ def store_kill_during_rerank(folder: Path, photos: Path, faces: int, jobs: int) 
     runs the re-rank: a local folder) SIGKILLed during its index build, then restarted.
     Every job must resolve within 120 s of the kill, the re-rank be redone, and the index's
     n equal the stored faces."""
-    from aurum_ml.backends.local import MODEL_ID
+    from aurum_ml.pipeline.backends.local import MODEL_ID
 
     stack = Stack.create(folder)
     load_s = _fill(stack, faces)
@@ -236,7 +236,7 @@ def store_kill_during_rerank(folder: Path, photos: Path, faces: int, jobs: int) 
         wait_for(lambda: caller.finished() >= 5, "the first results", 120)
         subprocess.run(
             [str(BIN / "python"), "-c",
-             "from aurum_ml.tasks import rerank; rerank.delay()"],
+             "from aurum_ml.pipeline.tasks import rerank; rerank.delay()"],
             env=stack.env, cwd=ROOT, check=True, timeout=60,
         )  # fmt: skip
         wait_for(lambda: client.hget(run_key, "phase") == b"index", "the index build", 600, 0.01)
@@ -297,7 +297,7 @@ def erasure_during_rescore(folder: Path, photos: Path, jobs: int, erased: int) -
     services come back and the re-score runs; ``erased`` of the users are erased while it
     runs. No id of an erased user's jobs may be left anywhere in Redis, nor their faces in
     Qdrant; the others are re-scored."""
-    from aurum_ml import health
+    from aurum_ml.pipeline import health
 
     stack = Stack.create(folder, ML_SERVICE_TOKEN="chaos-token", HEALTH_PROBE_INTERVAL="1",
                          FALLBACK_BACKEND="simulated")  # fmt: skip
@@ -322,7 +322,7 @@ def erasure_during_rescore(folder: Path, photos: Path, jobs: int, erased: int) -
                 erasing_at = time.monotonic()
                 subprocess.run(
                     [str(BIN / "python"), "-c",
-                     "import sys; from aurum_ml.tasks import forget_user\n"
+                     "import sys; from aurum_ml.pipeline.tasks import forget_user\n"
                      "for u in sys.argv[1:]: forget_user.delay(u).get(timeout=120)", *gone],
                     env=stack.env, cwd=ROOT, check=True, timeout=600,
                 )  # fmt: skip
@@ -337,7 +337,7 @@ def erasure_during_rescore(folder: Path, photos: Path, jobs: int, erased: int) -
             gone_jobs = [j for j, u in summary["users"].items() if u in gone]
             left = {k for job in gone_jobs for k in redis_mentions(client, job)}  # uuids
             left |= {k for user in gone for k in _naming(client, user)}
-            from aurum_ml.backends.local import MODEL_ID
+            from aurum_ml.pipeline.backends.local import MODEL_ID
 
             return summary | {
                 "erased_users": erased,
@@ -362,7 +362,7 @@ def flapping_service(
     ``seconds``, a job a second, beat probing every 2 s: how often the flag flips, how the
     jobs were answered and how long they took — with the adaptive hold, or without it
     (FALLBACK_FLAP_WINDOW=0: the plain hold, as before #25)."""
-    from aurum_ml import health
+    from aurum_ml.pipeline import health
 
     stack = Stack.create(
         folder, ML_SERVICE_TOKEN="chaos-token", HEALTH_PROBE_INTERVAL="2",

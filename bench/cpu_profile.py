@@ -81,7 +81,7 @@ def _shares(raw: Path) -> tuple[int, list[tuple[str, float]]]:
 
 
 def _run(pids: dict[str, list[int]], images: list[str], jobs: int, tag: str) -> dict[str, float]:
-    from aurum_ml.tasks import score_face
+    from aurum_ml.pipeline.tasks import score_face
 
     before = {name: sum(_cpu_s(p) for p in group) for name, group in pids.items()}
     started = time.perf_counter()
@@ -102,11 +102,11 @@ def _model_cpu_ms(blobs: list[bytes], rounds: int = 5) -> float:
     The median over ``rounds`` of the CPU time per photo of the whole set."""
     import statistics
 
-    from aurum_ml.backends.local import LocalFaceModel, face_chip
-    from aurum_ml.imaging import decode_scaled
-    from aurum_ml.quality import measure_quality
+    from aurum_ml.pipeline.backends.local import LocalFaceModel, face_chip
+    from aurum_ml.pipeline.imaging import decode_scaled
+    from aurum_ml.pipeline.quality import measure_quality
+    from aurum_ml.pipeline.stages.detect import face_of
     from aurum_ml.settings import get_settings
-    from aurum_ml.stages.detect import face_of
 
     settings = get_settings()
     model = LocalFaceModel(settings)
@@ -150,7 +150,7 @@ def main() -> None:
     shares: tuple[int, list[tuple[str, float]]] | None = None
     started = workers(env)
     try:
-        from aurum_ml.tasks import score_face
+        from aurum_ml.pipeline.tasks import score_face
 
         images = {k: [base64.b64encode(b).decode() for b in v] for k, v in sets.items()}
         for job in [score_face.delay(images["real size"][i], user_id=f"warm-{i}") for i in

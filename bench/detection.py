@@ -27,7 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     rounds = 3 if args.quick else args.rounds
 
-    from aurum_ml.backends.local import LocalFaceModel
+    from aurum_ml.pipeline.backends.local import LocalFaceModel
     from aurum_ml.settings import Settings
 
     from photos import NAMES, fetch

@@ -4,7 +4,7 @@ photo's face, in one run on one process; and how far apart their vectors are.
     python bench/embedding.py [--rounds N] [--quick]
 
 dlib: dlib-bin's ``compute_face_descriptor`` (no BLAS). ONNX: the same network and weights
-(aurum_ml.backends.resnet) on ONNX Runtime with one thread (EMBED_THREADS=1, the default:
+(aurum_ml.pipeline.backends.resnet) on ONNX Runtime with one thread (EMBED_THREADS=1, the default:
 a worker runs one job per core), one chip a call as the embed stage sends them, and
 batches of 8 for comparison.
 """
@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     rounds = 5 if args.quick else args.rounds
 
-    from aurum_ml.backends.local import LocalFaceModel, face_chip
+    from aurum_ml.pipeline.backends.local import LocalFaceModel, face_chip
     from aurum_ml.settings import Settings
 
     from photos import NAMES, fetch
@@ -71,7 +71,7 @@ def main() -> None:
         f"{len(chips)} chips (one face of each test photo), {rounds} rounds, one process on "
         f"{os.cpu_count()} cores; median ms per chip. dlib: dlib-bin's own descriptor (built "
         "without BLAS). ONNX: the same network and weights read from dlib's file "
-        "(aurum_ml.backends.resnet) on ONNX Runtime, one thread.",
+        "(aurum_ml.pipeline.backends.resnet) on ONNX Runtime, one thread.",
         "",
         "| engine | ms per chip | × dlib |",
         "|---|---:|---:|",

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from aurum_ml.errors import BadInput  # noqa: E402
-from aurum_ml.imaging import inspect_image  # noqa: E402
+from aurum_ml.pipeline.imaging import inspect_image  # noqa: E402
 from aurum_ml.settings import Settings  # noqa: E402
 
 from photos import fetch  # noqa: E402
@@ -95,7 +95,7 @@ def largest(kind: str, photo: np.ndarray, settings: Settings) -> tuple[int, byte
 JOB = textwrap.dedent(
     """
     import hashlib, json, sys, time
-    from aurum_ml.runtime import get_runtime
+    from aurum_ml.pipeline.runtime import get_runtime
     from aurum_ml.schemas import Job
 
     def rss(field):

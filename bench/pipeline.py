@@ -57,8 +57,8 @@ _models: dict[str, object] = {}
 def _raw_one(blob: bytes, engine: str = "dlib") -> float:
     """One photo the plain way: decode once, detect, landmarks, descriptor (``engine``:
     dlib's own, or the chain's ONNX Runtime one)."""
-    from aurum_ml.backends.local import LocalFaceModel
-    from aurum_ml.imaging import decode_image
+    from aurum_ml.pipeline.backends.local import LocalFaceModel
+    from aurum_ml.pipeline.imaging import decode_image
     from aurum_ml.settings import Settings
 
     model = _models.get(engine)
@@ -154,7 +154,7 @@ def _both(pool, blobs: list[bytes], jobs: int, rounds: int, low_load: int, tag: 
     (BLOCKS of each): the machine's speed drifts over the minutes of a run (±25 % seen
     here), and alternating puts that drift on both alike. Then the chain one job at a
     time."""
-    from aurum_ml.tasks import score_face
+    from aurum_ml.pipeline.tasks import score_face
 
     images = [base64.b64encode(b).decode() for b in blobs]
     pool.map(_raw_one, blobs * PROCESSES)  # warm: models loaded in both
@@ -211,7 +211,7 @@ print(json.dumps([imported, time.perf_counter() - started - imported]))
 _FULL_IMPORT = """
 import json, time
 started = time.perf_counter()
-import aurum_ml.tasks
+import aurum_ml.pipeline.tasks
 print(json.dumps(time.perf_counter() - started))
 """
 
@@ -219,7 +219,7 @@ print(json.dumps(time.perf_counter() - started))
 def import_times(runs: int = 7) -> dict[str, float]:
     """Median seconds, each in a fresh interpreter: ``import aurum_ml.client`` in a venv
     with only celery[redis] (tests/thin_venv.py), what its first submission adds (celery
-    and redis-py imported, the publisher built), and ``import aurum_ml.tasks`` with the
+    and redis-py imported, the publisher built), and ``import aurum_ml.pipeline.tasks`` with the
     whole package."""
     from thin_venv import thin_python
 

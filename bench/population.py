@@ -171,15 +171,15 @@ def main() -> None:
     client.flushdb()
     client.set(CLAIM_KEY, os.getpid(), ex=7200)
 
-    from aurum_ml.embedded import restore
-    from aurum_ml.imaging import decode_image
-    from aurum_ml.index import ScoreIndex
-    from aurum_ml.rerank import rerank
-    from aurum_ml.runtime import get_runtime
+    from aurum_ml.pipeline.imaging import decode_image
+    from aurum_ml.pipeline.runtime import get_runtime
+    from aurum_ml.pipeline.stages.detect import detection_of
+    from aurum_ml.population.index import ScoreIndex
+    from aurum_ml.population.rerank import rerank
+    from aurum_ml.population.vectors import VectorStore
+    from aurum_ml.population.vibes import reference_from
     from aurum_ml.schemas import Job
-    from aurum_ml.stages.detect import detection_of
-    from aurum_ml.vectors import VectorStore
-    from aurum_ml.vibes import reference_from
+    from aurum_ml.surfaces.embedded import restore
 
     base_runtime = get_runtime()
     photo = (fetch() / "obama.jpg").read_bytes()

@@ -349,7 +349,7 @@ class Probes:
                 time.sleep(0.3)
 
         def signed() -> str:
-            from aurum_ml.webhooks import SIGNATURE_HEADER, verify
+            from aurum_ml.pipeline.webhooks import SIGNATURE_HEADER, verify
 
             hook = webhook(ok_job)
             sent = [r for r in _Receiver.received if r[0] == "/ok"]
@@ -595,9 +595,9 @@ class Probes:
                    lambda: self.raw(port, head, read_s=5)[1][9:12].decode())  # fmt: skip
 
     def messages(self) -> None:
-        from aurum_ml.celery_app import app
         from aurum_ml.errors import InvalidRequest
-        from aurum_ml.tasks import score_face
+        from aurum_ml.pipeline.celery_app import app
+        from aurum_ml.pipeline.tasks import score_face
 
         def outcome(result: Any, seconds: float = 30) -> str:
             try:

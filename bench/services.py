@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from aurum_ml.backends.local import LocalFaceModel, face_chip  # noqa: E402
-from aurum_ml.imaging import decode_image  # noqa: E402
+from aurum_ml.pipeline.backends.local import LocalFaceModel, face_chip  # noqa: E402
+from aurum_ml.pipeline.imaging import decode_image  # noqa: E402
 from aurum_ml.settings import Settings  # noqa: E402
 
 from photos import fetch  # noqa: E402
@@ -47,7 +47,7 @@ def _free_port() -> int:
 def _start(kind: str, workers: int) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "aurum_ml.cli", "serve", kind, "--port", str(port),
+        [sys.executable, "-m", "aurum_ml.surfaces.cli", "serve", kind, "--port", str(port),
          "--workers", str(workers), "--log-level", "warning"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ),
     )  # fmt: skip

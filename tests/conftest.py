@@ -86,7 +86,7 @@ def redis_client():
 
 @pytest.fixture(scope="session")
 def runtime(redis_client):
-    from aurum_ml.runtime import get_runtime
+    from aurum_ml.pipeline.runtime import get_runtime
 
     return get_runtime()
 
@@ -105,8 +105,8 @@ def model(runtime):
 @pytest.fixture(scope="module")
 def pipeline_worker(runtime, model) -> Iterator[object]:
     """A real worker thread consuming every queue of the pipeline, on the test Redis."""
-    from aurum_ml.celery_app import app, config
-    from aurum_ml.embedded import run_worker
+    from aurum_ml.pipeline.celery_app import app, config
+    from aurum_ml.surfaces.embedded import run_worker
 
     with run_worker(app, config.QUEUES, hostname="test-all@localhost") as worker:
         yield worker

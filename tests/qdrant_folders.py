@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from aurum_ml.backends.local import MODEL_ID
-from aurum_ml.vectors import collection_name
+from aurum_ml.pipeline.backends.local import MODEL_ID
+from aurum_ml.population.vectors import collection_name
 
 COLLECTION = collection_name(MODEL_ID, 128)
 
@@ -18,8 +18,8 @@ COLLECTION = collection_name(MODEL_ID, 128)
 @contextlib.contextmanager
 def held(folder: Path) -> Iterator[None]:
     """The folder open in this process, as another process's store worker would hold it."""
+    from aurum_ml.population.vectors import VectorStore
     from aurum_ml.settings import get_settings
-    from aurum_ml.vectors import VectorStore
 
     settings = get_settings().model_copy(update={"qdrant_path": folder, "qdrant_url": None})
     store = VectorStore(settings, MODEL_ID, 128)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from aurum_ml.webhooks import SIGNATURE_HEADER, verify
+from aurum_ml.pipeline.webhooks import SIGNATURE_HEADER, verify
 
 from samples import b64, raw_reply
 
@@ -44,7 +44,8 @@ def _serve_api(env: dict[str, str], log_path, *options: str) -> tuple[subprocess
     port = chaos.free_port()
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "aurum_ml.cli", "serve", "api", "--port", str(port), *options],
+            [sys.executable, "-m", "aurum_ml.surfaces.cli", "serve", "api", "--port", str(port),
+             *options],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -317,7 +318,7 @@ def test_queries_and_forget_via_delete_leave_nothing(api, photos, runtime, redis
     assert view["state"] == "done" and view["result"]["points"] == 1
     assert runtime.vectors.user_points("u-api-del") == []
     assert chaos.redis_mentions(redis_client, "u-api-del") == []
-    from aurum_ml.celery_app import app
+    from aurum_ml.pipeline.celery_app import app
 
     assert app.AsyncResult(scored["job_id"]).state == "PENDING"  # its result is forgotten
     # its status URL says so, instead of "queued" for ever
@@ -386,7 +387,7 @@ def test_with_several_workers_the_metrics_sum_them_all(tmp_path):
 def test_the_api_refuses_a_public_address_without_keys():
     env = {k: v for k, v in os.environ.items() if k != "AURUM_API_KEYS"}
     out = subprocess.run(
-        [sys.executable, "-m", "aurum_ml.cli", "serve", "api", "--host", "0.0.0.0"],
+        [sys.executable, "-m", "aurum_ml.surfaces.cli", "serve", "api", "--host", "0.0.0.0"],
         env=env,
         capture_output=True,
         text=True,

@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from aurum_ml.celery_app import app
-from aurum_ml.embedded import run_worker
-from aurum_ml.runtime import build_runtime, set_runtime
-from aurum_ml.tasks import score_face
+from aurum_ml.pipeline.celery_app import app
+from aurum_ml.pipeline.runtime import build_runtime, set_runtime
+from aurum_ml.pipeline.tasks import score_face
+from aurum_ml.surfaces.embedded import run_worker
 
 from samples import b64
 

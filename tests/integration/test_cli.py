@@ -16,7 +16,7 @@ import pytest
 
 from samples import no_face
 
-CLI = [sys.executable, "-m", "aurum_ml.cli"]
+CLI = [sys.executable, "-m", "aurum_ml.surfaces.cli"]
 _OURS = ("AURUM_", "QDRANT_", "TASK_", "RETRY_")
 
 
@@ -198,7 +198,7 @@ def test_no_worker_is_said_and_the_wait_ends_cleanly(photos, data_dir, redis_cli
 
 
 def test_the_table_shows_a_degraded_result():
-    from aurum_ml.cli import HEADER, _row
+    from aurum_ml.surfaces.cli import HEADER, _row
 
     degraded = {"status": "scored", "degraded": True, "score": None, "rank": None,
                 "message": "scored on the simulated fallback: the score follows when the ML "
@@ -211,9 +211,9 @@ def test_the_table_shows_a_degraded_result():
 def test_stats_says_what_is_known_before_the_first_rerank(runtime, redis_client):
     import dataclasses
 
-    from aurum_ml.cli import stats_lines
-    from aurum_ml.index import ScoreIndex
-    from aurum_ml.queries import stats
+    from aurum_ml.population.index import ScoreIndex
+    from aurum_ml.population.queries import stats
+    from aurum_ml.surfaces.cli import stats_lines
 
     empty = ScoreIndex(redis_client, "never-reranked", 128)
     empty.clear()
@@ -250,7 +250,7 @@ def test_progress_counts_finished_jobs_on_a_terminal(photos, data_dir):
 
 
 def test_beat_keeps_its_schedule_in_the_data_folder(settings):
-    from aurum_ml.celery_app import config
+    from aurum_ml.pipeline.celery_app import config
 
     assert config.beat_schedule_filename == str(settings.data_dir / "celerybeat-schedule")
 

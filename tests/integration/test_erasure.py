@@ -19,9 +19,9 @@ import pytest
 import redis
 from celery import states
 
-from aurum_ml import tasks
 from aurum_ml.errors import StoreUnavailable, UserErased
-from aurum_ml.runtime import build_runtime, set_runtime
+from aurum_ml.pipeline import tasks
+from aurum_ml.pipeline.runtime import build_runtime, set_runtime
 
 from samples import b64
 
@@ -57,8 +57,8 @@ def logs() -> Iterator[_Lines]:
 
 @pytest.fixture(scope="module")
 def worker(logs, runtime, model) -> Iterator[object]:
-    from aurum_ml.celery_app import app, config
-    from aurum_ml.embedded import run_worker
+    from aurum_ml.pipeline.celery_app import app, config
+    from aurum_ml.surfaces.embedded import run_worker
 
     with run_worker(app, config.QUEUES, hostname="test-erasure@localhost") as running:
         yield running
@@ -280,7 +280,7 @@ def test_privacy_scan_after_scores_matches_degraded_jobs_forget_and_rescore(
 def test_a_pickle_message_is_refused_without_its_body_in_the_log(worker, logs):
     import pickle
 
-    from aurum_ml.celery_app import app
+    from aurum_ml.pipeline.celery_app import app
 
     secret = "u-priv-pickled-secret"
     with app.producer_or_acquire() as producer:
@@ -335,9 +335,9 @@ def _aof_bytes(folder: Path) -> bytes:
 
 
 def test_compact_rewrites_the_aof_so_erased_data_leaves_disk(aof_redis, tmp_path, runtime):
-    from aurum_ml.persistence import compact
-    from aurum_ml.state import PipelineState
-    from aurum_ml.users import UserRecords
+    from aurum_ml.pipeline.state import PipelineState
+    from aurum_ml.population.persistence import compact
+    from aurum_ml.population.users import UserRecords
 
     client = redis.Redis.from_url(aof_redis)
     users = UserRecords(client, cooldown_s=3600, pending_ttl_s=3600, keep_s=3600)
@@ -374,7 +374,7 @@ def test_compact_rewrites_the_aof_so_erased_data_leaves_disk(aof_redis, tmp_path
 
 def test_the_second_pass_scrubs_a_result_written_after_the_first(worker, photos, runtime):
     """A store that searched before the erasure may write its result just after it."""
-    from aurum_ml.tasks import app as celery_app
+    from aurum_ml.pipeline.tasks import app as celery_app
 
     _score(photos, "obama.jpg", "u-late-matched")
     job = _submit(photos, "obama2.jpg", "u-late-matcher")

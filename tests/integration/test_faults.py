@@ -81,13 +81,13 @@ def test_every_stage_run_twice_for_one_job_changes_nothing(runtime, model, photo
     assert again.point_id == stored.point_id and again.score == stored.score
     assert runtime.index.count() == before + 1
     assert len(runtime.vectors.user_points("u-twice")) == 1
-    from aurum_ml.forget import forget_user
+    from aurum_ml.population.forget import forget_user
 
     forget_user(runtime, "u-twice")
 
 
 def test_the_visibility_timeout_follows_the_limits():
-    from aurum_ml.celery_app import config as celeryconfig
+    from aurum_ml.pipeline.celery_app import config as celeryconfig
 
     late = [
         hard
@@ -112,7 +112,7 @@ def test_a_retry_that_cannot_be_published_is_requeued_not_dropped():
     from celery.exceptions import Reject
 
     from aurum_ml.errors import StateUnavailable
-    from aurum_ml.tasks import PipelineTask
+    from aurum_ml.pipeline.tasks import PipelineTask
 
     dead = Celery("dead-broker", broker=f"redis://127.0.0.1:{chaos.free_port()}/0",
                   set_as_current=False)  # fmt: skip
@@ -134,10 +134,10 @@ def test_a_retry_that_cannot_be_published_is_requeued_not_dropped():
 def test_only_the_detect_stage_reads_the_image(runtime, model, photos):
     """Detect decodes once and hands on the chip and the quality: with the image gone after
     detect, embed and score still run — and give the whole-image path's vector."""
-    from aurum_ml.backends.local import face_chip
-    from aurum_ml.imaging import decode_image
+    from aurum_ml.pipeline.backends.local import face_chip
+    from aurum_ml.pipeline.imaging import decode_image
+    from aurum_ml.pipeline.stages.detect import detection_of
     from aurum_ml.schemas import Job
-    from aurum_ml.stages.detect import detection_of
 
     data = (photos / "obama3.jpg").read_bytes()
     sha = "c" * 64
@@ -165,10 +165,10 @@ def test_a_store_run_again_keeps_one_truth_per_job(pipeline_worker, runtime, mod
     the store task twice under the job's id, with another user's face of the same person
     stored in between (so a second run would find a match the first did not): the cached
     result, the Celery result and both runs' answers are one."""
-    from aurum_ml.celery_app import app
-    from aurum_ml.forget import forget_user
+    from aurum_ml.pipeline.celery_app import app
+    from aurum_ml.pipeline.tasks import store
+    from aurum_ml.population.forget import forget_user
     from aurum_ml.schemas import Job
-    from aurum_ml.tasks import store
 
     def scored_job(job_id: str, user: str, photo: str) -> Job:
         sha = hashlib.sha256(job_id.encode()).hexdigest()

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from celery.signals import before_task_publish
 
-from aurum_ml.celery_app import app
 from aurum_ml.errors import InvalidRequest
-from aurum_ml.forget import forget_user
-from aurum_ml.imaging import decode_scaled
-from aurum_ml.tasks import score_face
+from aurum_ml.pipeline.celery_app import app
+from aurum_ml.pipeline.imaging import decode_scaled
+from aurum_ml.pipeline.tasks import score_face
+from aurum_ml.population.forget import forget_user
 
 from samples import b64, encode, read_rgb
 
@@ -144,7 +144,7 @@ def test_a_serializer_other_than_json_is_refused_in_the_caller(photos, published
     image = b64((photos / "obama.jpg").read_bytes())
     with pytest.raises(InvalidRequest, match="JSON only"):
         score_face.apply_async((image,), {"user_id": "u-pickle"}, serializer="pickle")
-    from aurum_ml.tasks import stats
+    from aurum_ml.pipeline.tasks import stats
 
     with pytest.raises(InvalidRequest, match="JSON only"):
         stats.apply_async(serializer="pickle")
@@ -155,7 +155,8 @@ def test_the_caller_check_and_the_worker_check_are_one_schema(photos):
     """One check (aurum_ml.request) for the thin caller, score_face.delay and the worker."""
     import inspect
 
-    from aurum_ml import client, tasks
+    from aurum_ml import client
+    from aurum_ml.pipeline import tasks
     from aurum_ml.request import ScoreArgs, check_score_request
 
     request = check_score_request(

@@ -7,8 +7,8 @@ import re
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from aurum_ml import tasks
-from aurum_ml.metrics import PipelineCollector
+from aurum_ml.pipeline import tasks
+from aurum_ml.surfaces.metrics import PipelineCollector
 
 from samples import b64, no_face
 

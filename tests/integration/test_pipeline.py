@@ -7,7 +7,7 @@ import pytest
 from celery import states
 
 from aurum_ml.errors import InvalidRequest, StoreUnavailable
-from aurum_ml.tasks import score_face
+from aurum_ml.pipeline.tasks import score_face
 
 from samples import b64, no_face, one_pixel_png, png_header_claiming, two_faces
 
@@ -124,7 +124,7 @@ def test_several_faces_score_the_largest_when_allowed(pipeline_worker, photos):
 def test_a_stage_failing_for_good_fails_the_job_with_a_typed_error(
     pipeline_worker, photos, runtime, redis_client
 ):
-    from aurum_ml.runtime import build_runtime, set_runtime
+    from aurum_ml.pipeline.runtime import build_runtime, set_runtime
 
     dead_qdrant = runtime.settings.model_copy(update={"qdrant_url": "http://127.0.0.1:9"})
     previous = set_runtime(build_runtime(dead_qdrant, local=runtime.local))
@@ -176,7 +176,7 @@ def test_stages_that_share_the_worker_run_in_the_intake_task(
     """This worker consumes every queue and runs the models in-process: intake runs detect,
     embed and score itself and sends only the store stage. With INLINE_LOCAL_STAGES=false
     the whole chain goes through the broker — to the same face, vector and quality."""
-    from aurum_ml.runtime import build_runtime, set_runtime
+    from aurum_ml.pipeline.runtime import build_runtime, set_runtime
 
     data = (photos / "obama3.jpg").read_bytes()
     inline = _score(data, "u-inline")

@@ -14,13 +14,13 @@ import cv2
 import numpy as np
 import pytest
 
-from aurum_ml.celery_app import app
-from aurum_ml.embedded import run_worker
-from aurum_ml.forget import forget_user
-from aurum_ml.index import ScoreIndex, unit
-from aurum_ml.runtime import set_runtime
-from aurum_ml.tasks import CeleryResults, score_face
-from aurum_ml.vectors import VectorStore
+from aurum_ml.pipeline.celery_app import app
+from aurum_ml.pipeline.runtime import set_runtime
+from aurum_ml.pipeline.tasks import CeleryResults, score_face
+from aurum_ml.population.forget import forget_user
+from aurum_ml.population.index import ScoreIndex, unit
+from aurum_ml.population.vectors import VectorStore
+from aurum_ml.surfaces.embedded import run_worker
 
 from samples import b64, encode, read_rgb
 

@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-from aurum_ml import tasks
-from aurum_ml.index import midrank_percentiles, score_of, unit
-from aurum_ml.queries import stored_result
-from aurum_ml.runtime import build_runtime, set_runtime
-from aurum_ml.tasks import score_face
+from aurum_ml.pipeline import tasks
+from aurum_ml.pipeline.runtime import build_runtime, set_runtime
+from aurum_ml.pipeline.tasks import score_face
+from aurum_ml.population.index import midrank_percentiles, score_of, unit
+from aurum_ml.population.queries import stored_result
 
 from samples import b64, encode, no_face, read_rgb
 
@@ -86,11 +86,11 @@ def test_rerank_of_2000_generated_faces_matches_brute_force(pipeline_worker, run
 
 
 def test_the_beat_schedules_the_rerank_on_the_queue_of_the_vectors_owner(settings):
-    from aurum_ml.celery_app import app
+    from aurum_ml.pipeline.celery_app import app
 
     entry = app.conf.beat_schedule["rerank"]
     assert entry["task"] == "aurum_ml.rerank" and entry["schedule"] == settings.rerank_interval_s
-    from aurum_ml.celery_app import config
+    from aurum_ml.pipeline.celery_app import config
 
     # the tests run on a local Qdrant folder: the tasks that read vectors go to its owner
     assert config.LOCAL_FOLDER and config.VECTOR_QUEUE == "store"
@@ -268,7 +268,7 @@ def test_forget_user_leaves_nothing_and_keeps_others_consistent(
 
 
 def test_leaderboard_ties_go_to_the_earlier_face(runtime):
-    from aurum_ml.queries import leaderboard
+    from aurum_ml.population.queries import leaderboard
 
     vector = np.full(128, 0.05, dtype=np.float32)
     later, earlier = "00000000-0000-4000-9000-000000000001", "00000000-0000-4000-9000-000000000002"
@@ -305,7 +305,7 @@ def test_the_centroid_counts_exactly_the_faces_in_the_index_after_a_busy_rerank(
     those of its members' vectors, exactly."""
     import threading
 
-    from aurum_ml.rerank import rerank
+    from aurum_ml.population.rerank import rerank
 
     rng = np.random.default_rng(25)
     shared = rng.normal(size=128) * 0.1
@@ -361,9 +361,9 @@ def test_one_rerank_at_a_time_and_a_dead_one_is_reaped_by_the_sweep(pipeline_wor
     counted it. A run holds a record with a lease: a second run meanwhile does nothing;
     a record whose lease lapsed is reaped by beat's lost-job sweep — staging set cleared,
     ``aurum_rerank_lost_total`` counted, the re-rank sent again and done."""
-    from aurum_ml.index import RERANK_LOST
-    from aurum_ml.metrics import PipelineCollector
-    from aurum_ml.rerank import RerankBusy, rerank
+    from aurum_ml.population.index import RERANK_LOST
+    from aurum_ml.population.rerank import RerankBusy, rerank
+    from aurum_ml.surfaces.metrics import PipelineCollector
 
     index, client = runtime.index, runtime.index.redis
     token, took_over = index.run_begin("store@elsewhere", 1, lease_s=60)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from aurum_ml.forget import forget_user
-from aurum_ml.recovery import rescore_degraded
+from aurum_ml.pipeline.recovery import rescore_degraded
+from aurum_ml.population.forget import forget_user
 from aurum_ml.schemas import Job
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))

@@ -15,11 +15,11 @@ import uuid
 import pytest
 from celery.result import AsyncResult
 
-from aurum_ml import tasks
 from aurum_ml.client import _write as write_entry
 from aurum_ml.client import stage_submission
 from aurum_ml.errors import ImageExpired, JobLost, UserErased
-from aurum_ml.redrive import redrive_stalled
+from aurum_ml.pipeline import tasks
+from aurum_ml.pipeline.redrive import redrive_stalled
 from aurum_ml.request import IMAGE_REF, ScoreArgs
 from aurum_ml.schemas import Job
 
@@ -66,7 +66,7 @@ def _sweep() -> dict[str, list[str]]:
 
 def test_the_backlog_counts_what_waits_in_the_stage_queues(runtime):
     """First in this module: no worker consumes yet."""
-    from aurum_ml.celery_app import app
+    from aurum_ml.pipeline.celery_app import app
 
     before = tasks.stage_backlog()
     for _ in range(2):

@@ -28,10 +28,10 @@ import numpy as np
 import redis
 from celery import Celery
 
-from aurum_ml.backends.local import MODEL_ID as MODEL
-from aurum_ml.celery_app import config
+from aurum_ml.pipeline.backends.local import MODEL_ID as MODEL
+from aurum_ml.pipeline.celery_app import config
+from aurum_ml.population.vectors import VectorStore
 from aurum_ml.settings import get_settings
-from aurum_ml.vectors import VectorStore
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))

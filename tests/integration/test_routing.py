@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from aurum_ml.celery_app import app
-from aurum_ml.embedded import run_worker
-from aurum_ml.tasks import score_face
+from aurum_ml.pipeline.celery_app import app
+from aurum_ml.pipeline.tasks import score_face
+from aurum_ml.surfaces.embedded import run_worker
 
 from samples import b64
 
@@ -76,9 +76,9 @@ import base64, json, sys, time
 import celeryconfig  # the application's own: proves it comes first on sys.path
 assert "pickle" in celeryconfig.accept_content
 from celery.signals import task_prerun
-from aurum_ml.celery_app import app
-from aurum_ml.embedded import run_worker
-from aurum_ml.tasks import detect, score_face
+from aurum_ml.pipeline.celery_app import app
+from aurum_ml.surfaces.embedded import run_worker
+from aurum_ml.pipeline.tasks import detect, score_face
 
 ran = []
 task_prerun.connect(lambda sender=None, **_: ran.append(sender.name), weak=False)
@@ -128,7 +128,7 @@ def test_sent_events_name_one_publisher_per_host(redis_client):
     import sys
     import threading
 
-    from aurum_ml.celery_app import PUBLISHER
+    from aurum_ml.pipeline.celery_app import PUBLISHER
 
     seen: list[str] = []
     ready = threading.Event()
@@ -148,11 +148,11 @@ def test_sent_events_name_one_publisher_per_host(redis_client):
     assert ready.wait(10)
     time.sleep(1.5)  # the receiver is subscribed
     try:
-        from aurum_ml.tasks import stats
+        from aurum_ml.pipeline.tasks import stats
 
         stats.delay()  # this process
         subprocess.run(
-            [sys.executable, "-c", "from aurum_ml.tasks import stats; stats.delay()"],
+            [sys.executable, "-c", "from aurum_ml.pipeline.tasks import stats; stats.delay()"],
             check=True,
             timeout=60,
         )  # another one

@@ -15,11 +15,11 @@ import pytest
 from celery import states
 from celery.signals import before_task_publish, task_postrun
 
-from aurum_ml.celery_app import app
 from aurum_ml.errors import ImageExpired, InvalidRequest, UserErased
-from aurum_ml.forget import forget_user
+from aurum_ml.pipeline.celery_app import app
+from aurum_ml.pipeline.tasks import score_face
+from aurum_ml.population.forget import forget_user
 from aurum_ml.request import IMAGE_REF
-from aurum_ml.tasks import score_face
 
 from samples import b64
 

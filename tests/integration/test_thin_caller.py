@@ -14,7 +14,7 @@ import pytest
 from thin_venv import HEAVY, ROOT, thin_python
 
 from aurum_ml.client import CallerSettings
-from aurum_ml.forget import forget_user
+from aurum_ml.population.forget import forget_user
 from aurum_ml.settings import Settings
 
 TIMEOUT = 120

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from qdrant_folders import COLLECTION, write_local_mode
 
-from aurum_ml.backends.local import MODEL_ID
-from aurum_ml.rerank import rerank
-from aurum_ml.transfer import export_vectors, import_vectors
-from aurum_ml.vectors import VectorStore, point_id
+from aurum_ml.pipeline.backends.local import MODEL_ID
+from aurum_ml.population.rerank import rerank
+from aurum_ml.population.transfer import export_vectors, import_vectors
+from aurum_ml.population.vectors import VectorStore, point_id
 
 ENGINES = ("edge", "client")
 
@@ -144,7 +144,7 @@ def test_both_engines_change_points_the_same_way(settings, tmp_path):
 def test_the_rerank_agrees_on_both_engines(runtime, both):
     """Scores from one engine's points are the other's: the re-rank streams either (into a
     score index of its own, so the session's population is left alone)."""
-    from aurum_ml.index import ScoreIndex
+    from aurum_ml.population.index import ScoreIndex
 
     points, stores = both
     standings = {}

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from celery import states
 
-from aurum_ml.celery_app import app
-from aurum_ml.tasks import notify
+from aurum_ml.pipeline.celery_app import app
+from aurum_ml.pipeline.tasks import notify
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTAGE_S = 25

@@ -34,7 +34,7 @@ class ServiceProcess:
         env = dict(os.environ, ML_SERVICE_TOKEN=TOKEN, **LIMITS)
         with self.log_path.open("a") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "aurum_ml.cli", "serve", self.kind, "--port",
+                [sys.executable, "-m", "aurum_ml.surfaces.cli", "serve", self.kind, "--port",
                  str(self.port), "--log-level", "warning"],
                 env=env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip

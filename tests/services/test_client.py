@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from celery.signals import task_retry
 
-from aurum_ml import tasks
-from aurum_ml.backends import Detection
-from aurum_ml.backends.http import HttpFaceBackend, ServiceClient
 from aurum_ml.errors import BadInput, ServiceError, ServiceUnavailable
-from aurum_ml.runtime import build_runtime, set_runtime
+from aurum_ml.pipeline import tasks
+from aurum_ml.pipeline.backends import Detection
+from aurum_ml.pipeline.backends.http import HttpFaceBackend, ServiceClient
+from aurum_ml.pipeline.runtime import build_runtime, set_runtime
 
 from faults import FaultServer
 from samples import b64, read_rgb

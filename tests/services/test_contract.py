@@ -130,7 +130,7 @@ def test_a_service_refuses_a_public_address_without_a_token():
     env = {k: v for k, v in os.environ.items() if k != "ML_SERVICE_TOKEN"}
     for service in ("detection", "embedding"):
         out = subprocess.run(
-            [sys.executable, "-m", "aurum_ml.cli", "serve", service, "--host", "0.0.0.0"],
+            [sys.executable, "-m", "aurum_ml.surfaces.cli", "serve", service, "--host", "0.0.0.0"],
             env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert out.returncode == 1 and "without a token" in out.stderr, out.stderr
@@ -198,7 +198,7 @@ def test_health_and_openapi(detection_url, embedding_url):
 def test_loading_answers_503(settings):
     from fastapi.testclient import TestClient
 
-    from aurum_ml.services.detection import create_app
+    from aurum_ml.surfaces.services.detection import create_app
 
     client = TestClient(create_app(settings))  # no lifespan: the model never loads
     health = client.get("/health")
@@ -235,8 +235,8 @@ def test_health_proves_the_token_is_accepted(detection_url, embedding_url):
             FACE_EMBEDDING_SERVICE=embedding_url,
             ML_SERVICE_TOKEN=token,
         )
-        return subprocess.run([sys.executable, "-m", "aurum_ml.cli", "health", "--json"], env=env,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        command = [sys.executable, "-m", "aurum_ml.surfaces.cli", "health", "--json"]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
 
     wrong = health("not-the-token")
     assert wrong.returncode == 1, wrong.stderr
@@ -252,8 +252,8 @@ def test_a_chip_gives_the_same_vector_in_process_and_through_the_service(
 ):
     """The embed stage sends the detect stage's aligned chip (not the photo): the service's
     vector equals the in-process one to 1e-6, and both equal the whole-image path's."""
-    from aurum_ml.backends.http import HttpFaceBackend
-    from aurum_ml.backends.local import face_chip
+    from aurum_ml.pipeline.backends.http import HttpFaceBackend
+    from aurum_ml.pipeline.backends.local import face_chip
 
     from servers import TOKEN
 

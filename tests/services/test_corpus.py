@@ -12,8 +12,8 @@ import pytest
 import requests
 
 from aurum_ml.errors import InvalidRequest, Reason
-from aurum_ml.forget import forget_user
-from aurum_ml.tasks import score_face
+from aurum_ml.pipeline.tasks import score_face
+from aurum_ml.population.forget import forget_user
 
 from samples import bad_images, bad_texts
 

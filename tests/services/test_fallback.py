@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aurum_ml import health, tasks
-from aurum_ml.runtime import build_runtime, set_runtime
+from aurum_ml.pipeline import health, tasks
+from aurum_ml.pipeline.runtime import build_runtime, set_runtime
 
 from faults import FaultServer
 from samples import b64
@@ -388,7 +388,7 @@ def test_use_real_ml_false_never_calls_the_services(flaky, photos):
 
 
 def test_the_simulated_backend_is_deterministic_and_needs_no_model(settings, photos):
-    from aurum_ml.backends.simulated import SimulatedBackend
+    from aurum_ml.pipeline.backends.simulated import SimulatedBackend
 
     backend = SimulatedBackend(settings)
     data = (photos / "obama.jpg").read_bytes()  # 910 × 1137
@@ -400,7 +400,7 @@ def test_the_simulated_backend_is_deterministic_and_needs_no_model(settings, pho
 
 
 def test_a_degraded_job_whose_image_expired_is_reported_not_dropped(runtime, redis_client):
-    from aurum_ml.recovery import rescore_degraded
+    from aurum_ml.pipeline.recovery import rescore_degraded
     from aurum_ml.schemas import Job
 
     _clear_health(redis_client)
@@ -418,7 +418,7 @@ def test_metrics_export_the_flag_transitions_and_queues(
 ):
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from aurum_ml.metrics import PipelineCollector
+    from aurum_ml.surfaces.metrics import PipelineCollector
 
     proxy = FaultServer(detection_url, ["503", "503"]).start()
     settings = _tuned(runtime, face_detection_service=proxy.url, health_probe_interval_s=0.2)

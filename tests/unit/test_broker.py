@@ -20,7 +20,7 @@ from kombu import Connection, Consumer, Exchange, Queue
 from kombu.transport import redis as kombu_redis
 
 from aurum_ml import broker
-from aurum_ml.celery_app import app
+from aurum_ml.pipeline.celery_app import app
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import chaos  # noqa: E402

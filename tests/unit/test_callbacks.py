@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from aurum_ml.callbacks import Refused, parse_allow_list, parse_callback
-from aurum_ml.webhooks import SIGNATURE_HEADER, HookRecords, deliver, verify
+from aurum_ml.pipeline.webhooks import SIGNATURE_HEADER, HookRecords, deliver, verify
 
 ALLOWED = parse_allow_list("127.0.0.1:18081, hooks.example.com, [::1]:9000")
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from aurum_ml.backends.local import LocalFaceModel
+from aurum_ml.pipeline.backends.local import LocalFaceModel
 
 from photos import NAMES
 from samples import no_face, read_rgb, two_faces

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aurum_ml.cli import main as cli
 from aurum_ml.settings import Settings
+from aurum_ml.surfaces.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +25,7 @@ def _commands(compose: dict) -> dict[str, list[str]]:
 
 
 def test_every_queue_has_exactly_one_worker_pool(compose):
-    from aurum_ml.celery_app import config
+    from aurum_ml.pipeline.celery_app import config
 
     consumed: list[str] = []
     for command in _commands(compose).values():

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from aurum_ml.errors import BadInput
-from aurum_ml.imaging import inspect_image
+from aurum_ml.pipeline.imaging import inspect_image
 from aurum_ml.settings import Settings
 
 BUDGET_MB = 120
@@ -65,7 +65,7 @@ def _largest_accepted(kind: str) -> int:
 PROBE = textwrap.dedent(
     """
     import sys
-    from aurum_ml.imaging import decode_scaled
+    from aurum_ml.pipeline.imaging import decode_scaled
     from aurum_ml.settings import Settings
 
     def rss(field):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from aurum_ml.errors import BadInput
-from aurum_ml.imaging import decode_base64, decode_image, inspect_image
+from aurum_ml.pipeline.imaging import decode_base64, decode_image, inspect_image
 from aurum_ml.settings import Settings
 
 from samples import b64, encode, one_pixel_png, png_header_claiming, read_rgb

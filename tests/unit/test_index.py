@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aurum_ml.index import ScoreIndex, midrank_percentiles, unit
+from aurum_ml.population.index import ScoreIndex, midrank_percentiles, unit
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from aurum_ml.imaging import decode_image
+from aurum_ml.pipeline.imaging import decode_image
 
 from photos import NAMES
 from samples import no_face, read_rgb, two_faces
@@ -87,7 +87,7 @@ def test_two_people_largest_first(model, settings, photos):
 
 
 def test_weak_detections_are_dropped_by_the_minimum_score(runtime, photos):
-    from aurum_ml.backends.local import LocalFaceModel
+    from aurum_ml.pipeline.backends.local import LocalFaceModel
 
     image = read_rgb(photos / "obama_partial_face2.jpg")  # scores ~0.96
     strict = LocalFaceModel(runtime.settings.model_copy(update={"detect_min_score": 1.5}))
@@ -95,7 +95,7 @@ def test_weak_detections_are_dropped_by_the_minimum_score(runtime, photos):
 
 
 def test_the_cnn_detector_option_finds_the_same_face(runtime, photos):
-    from aurum_ml.backends.local import LocalFaceModel
+    from aurum_ml.pipeline.backends.local import LocalFaceModel
 
     image = cv2.resize(read_rgb(photos / "obama.jpg"), (455, 568))  # CNN is slow: a small copy
     hog_face = LocalFaceModel(runtime.settings).detect_image(image)[0]

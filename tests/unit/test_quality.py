@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from aurum_ml.quality import confidence, gate, measure_quality, weighted_quality
-from aurum_ml.stages.detect import face_of
+from aurum_ml.pipeline.quality import confidence, gate, measure_quality, weighted_quality
+from aurum_ml.pipeline.stages.detect import face_of
 
 from samples import read_rgb
 

@@ -13,8 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from aurum_ml.quality import gate, measure_quality
-from aurum_ml.stages.detect import face_of
+from aurum_ml.pipeline.quality import gate, measure_quality
+from aurum_ml.pipeline.stages.detect import face_of
 
 from samples import read_rgb
 
@@ -95,7 +95,7 @@ def _table(rows, settings) -> str:
         f"The set: the faces of {', '.join(PHOTOS)} resized so that the face is "
         f"{', '.join(str(w) for w in WIDTHS)} px, each {', '.join(VARIANTS)} "
         f"({len(rows)} faces). Blur is applied at the face's own scale; measurements use the "
-        "detected box scaled with the photo. See `aurum_ml/quality.py` for the measures.",
+        "detected box scaled with the photo. See `aurum_ml/pipeline/quality.py` for the measures.",
         "",
         "Targets: every sharp face passes; every σ = 3 blur fails as LOW_SHARPNESS; a "
         "darkened face is LOW_BRIGHTNESS and not LOW_SHARPNESS.",

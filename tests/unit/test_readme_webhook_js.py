@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from aurum_ml.webhooks import signature_header
+from aurum_ml.pipeline.webhooks import signature_header
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "whsec-readme"

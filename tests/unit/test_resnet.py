@@ -1,4 +1,4 @@
-"""dlib's ResNet on ONNX Runtime (aurum_ml.backends.resnet) against dlib's own descriptor,
+"""dlib's ResNet on ONNX Runtime (aurum_ml.pipeline.backends.resnet) against dlib's own descriptor,
 on the aligned chip of every face in the test photos."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aurum_ml.backends.local import LocalFaceModel, face_chip, model_dir
-from aurum_ml.backends.resnet import FILE, ResNetDescriptor, read_layers
 from aurum_ml.errors import ConfigError
+from aurum_ml.pipeline.backends.local import LocalFaceModel, face_chip, model_dir
+from aurum_ml.pipeline.backends.resnet import FILE, ResNetDescriptor, read_layers
 
 from photos import NAMES
 from samples import read_rgb, two_faces

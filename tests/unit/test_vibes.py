@@ -6,8 +6,8 @@ from collections import Counter
 
 import numpy as np
 
-from aurum_ml.index import unit
-from aurum_ml.vibes import VIBES, directions, reference_from, vibes_of
+from aurum_ml.population.index import unit
+from aurum_ml.population.vibes import VIBES, directions, reference_from, vibes_of
 
 
 def _population(n: int, seed: int) -> np.ndarray:
