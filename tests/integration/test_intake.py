@@ -156,7 +156,7 @@ def test_the_caller_check_and_the_worker_check_are_one_schema(photos):
     import inspect
 
     from aurum_ml import client
-    from aurum_ml.pipeline import tasks
+    from aurum_ml.pipeline import intake, lifecycle, tasks
     from aurum_ml.request import ScoreArgs, check_score_request
 
     request = check_score_request(
@@ -165,7 +165,7 @@ def test_the_caller_check_and_the_worker_check_are_one_schema(photos):
     assert request == ScoreArgs(b64(b"x"), "u1", True)
     with pytest.raises(InvalidRequest, match="unexpected argument 'colour'"):
         check_score_request((b64(b"x"),), {"user_id": "u1", "colour": "red"}, 1000)
-    for module in (client, tasks):  # the one function, not a copy
+    for module in (client, intake, lifecycle):  # the one function, not a copy
         assert module.check_score_request is check_score_request, module
     assert "check_score_request" in inspect.getsource(tasks.score_face.run)
 
