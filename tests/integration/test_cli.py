@@ -198,7 +198,7 @@ def test_no_worker_is_said_and_the_wait_ends_cleanly(photos, data_dir, redis_cli
 
 
 def test_the_table_shows_a_degraded_result():
-    from aurum_ml.surfaces.cli import HEADER, _row
+    from aurum_ml.surfaces.cli.score import HEADER, _row
 
     degraded = {"status": "scored", "degraded": True, "score": None, "rank": None,
                 "message": "scored on the simulated fallback: the score follows when the ML "
@@ -213,7 +213,7 @@ def test_stats_says_what_is_known_before_the_first_rerank(runtime, redis_client)
 
     from aurum_ml.population.index import ScoreIndex
     from aurum_ml.population.queries import stats
-    from aurum_ml.surfaces.cli import stats_lines
+    from aurum_ml.surfaces.cli.population import stats_lines
 
     empty = ScoreIndex(redis_client, "never-reranked", 128)
     empty.clear()
