@@ -208,7 +208,7 @@ def _write(
     image_ttl_s: int,
     keep_s: int,
 ) -> None:
-    from kombu.utils.json import dumps  # the ledger's encoding (aurum_ml.pipeline.state.InFlight)
+    from kombu.utils.json import dumps  # the ledger's encoding (aurum_ml.pipeline.ledger.InFlight)
 
     tombstone, epoch_key = keys.tombstone(user_id), keys.job_epoch(job_id)
     current = int(client.get(tombstone) or 0)

@@ -17,11 +17,11 @@ from aurum_ml.pipeline.celery_app import app, config
 from aurum_ml.pipeline.chain import stages
 from aurum_ml.pipeline.health import probe
 from aurum_ml.pipeline.intake import score_face
+from aurum_ml.pipeline.ledger import LedgerEntry
 from aurum_ml.pipeline.lifecycle import PipelineTask, job_ended
 from aurum_ml.pipeline.recovery import rescore_degraded as rescore_degraded_jobs
 from aurum_ml.pipeline.redrive import redrive_stalled as redrive_stalled_jobs
 from aurum_ml.pipeline.runtime import get_runtime
-from aurum_ml.pipeline.state import LedgerEntry
 from aurum_ml.pipeline.telemetry import rerank_done
 from aurum_ml.population import queries
 from aurum_ml.population.forget import SWEEP_AFTER_S, sweep

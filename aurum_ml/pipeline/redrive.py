@@ -6,7 +6,7 @@ bring back a message the *broker* lost: Redis killed between a write and its fsy
 and died before recording it as unacked, a queue purged by hand. The job then has a
 result nobody will ever write, and its caller waits until its own deadline.
 
-So the pipeline keeps its own ledger (:class:`aurum_ml.pipeline.state.InFlight`): the caller's
+So the pipeline keeps its own ledger (:class:`aurum_ml.pipeline.ledger.InFlight`): the caller's
 ``score_face.apply_async`` enters each job with its request before publishing it, intake
 replaces the request by the admitted job (no image), every stage run touches it, and the
 job's end (the store stage's result, or a failure) takes it out. Beat runs
@@ -33,8 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aurum_ml.errors import ImageExpired, JobLost, PermanentError
+from aurum_ml.pipeline.ledger import LedgerEntry
 from aurum_ml.pipeline.runtime import Runtime
-from aurum_ml.pipeline.state import LedgerEntry
 from aurum_ml.schemas import Job
 
 __all__ = ["Outcomes", "redrive_stalled"]

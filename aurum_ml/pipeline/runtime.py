@@ -16,7 +16,8 @@ from aurum_ml.pipeline.backends import FaceBackend
 from aurum_ml.pipeline.backends.http import HttpFaceBackend
 from aurum_ml.pipeline.backends.local import LocalFaceModel
 from aurum_ml.pipeline.backends.simulated import SimulatedBackend
-from aurum_ml.pipeline.state import DegradedJobs, InFlight, JobOwners, PipelineState
+from aurum_ml.pipeline.ledger import InFlight
+from aurum_ml.pipeline.state import DegradedJobs, JobOwners, PipelineState
 from aurum_ml.pipeline.webhooks import HookRecords
 from aurum_ml.population.forget import ErasedJobs
 from aurum_ml.population.handles import Population
