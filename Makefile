@@ -31,7 +31,7 @@ lint: setup
 alerts:  ## check deploy/prometheus and run the alerts' unit tests (needs promtool: apt-get install prometheus)
 	cd deploy/prometheus && promtool check config prometheus.yml && promtool test rules alerts.test.yml
 
-bench: bench-detection bench-embedding bench-pipeline bench-profile bench-services bench-api bench-memory bench-population  ## every benchmark into BENCHMARKS.md: ~8 min on 2 cores, most of it the 1M-face population (load, index build, one re-rank, restore) (QUICK=1: ~2 min)
+bench: bench-detection bench-embedding bench-pipeline bench-profile bench-index bench-services bench-api bench-memory bench-population  ## every benchmark into BENCHMARKS.md: ~8 min on 2 cores, most of it the 1M-face population (load, index build, one re-rank, restore) (QUICK=1: ~2 min)
 
 bench-detection: photos  ## detect before/after coarse to fine, per photo and size
 	$(BIN)/python bench/detection.py $(if $(QUICK),--quick)
@@ -44,6 +44,9 @@ bench-pipeline: photos  ## the whole chain on Redis and worker processes vs the 
 
 bench-profile: photos  ## CPU per job of each process at saturation (and py-spy's shares when it is installed)
 	$(BIN)/python bench/cpu_profile.py $(if $(QUICK),--quick) $(if $(wildcard $(BIN)/py-spy),--py-spy)
+
+bench-index:  ## the score index's cost per face (caller and Redis CPU), on a redis-server of its own (~10 s)
+	$(BIN)/python bench/score_index.py
 
 bench-services: photos  ## ML services (1 and 2 uvicorn workers) vs the in-process call
 	$(BIN)/python bench/services.py

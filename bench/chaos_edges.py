@@ -226,6 +226,7 @@ def store_kill_during_rerank(folder: Path, photos: Path, faces: int, jobs: int) 
     Every job must resolve within 120 s of the kill, the re-rank be redone, and the index's
     n equal the stored faces."""
     from aurum_ml.pipeline.backends.local import MODEL_ID
+    from aurum_ml.population.index import ScoreIndex
 
     stack = Stack.create(folder)
     load_s = _fill(stack, faces)
@@ -255,7 +256,7 @@ def store_kill_during_rerank(folder: Path, photos: Path, faces: int, jobs: int) 
             "rerank_lost": int(client.get("aurum:rerank:lost") or 0),
             "rerank_redone": bool(client.exists("aurum:rerank:last")),
             "staging_left": bool(client.exists(f"aurum:index:{MODEL_ID}:rank:next")),
-            "index_n": int(client.hget(f"aurum:index:{MODEL_ID}:sum", "n") or 0),
+            "index_n": ScoreIndex(client, MODEL_ID, 128).counted(),
             "index_members": client.zcard(f"aurum:index:{MODEL_ID}:rank"),
             "expected_n": faces + summary["outcomes"].get("scored", 0),
         }
@@ -298,6 +299,7 @@ def erasure_during_rescore(folder: Path, photos: Path, jobs: int, erased: int) -
     runs. No id of an erased user's jobs may be left anywhere in Redis, nor their faces in
     Qdrant; the others are re-scored."""
     from aurum_ml.pipeline import health
+    from aurum_ml.population.index import ScoreIndex
 
     stack = Stack.create(folder, ML_SERVICE_TOKEN="chaos-token", HEALTH_PROBE_INTERVAL="1",
                          FALLBACK_BACKEND="simulated")  # fmt: skip
@@ -346,7 +348,7 @@ def erasure_during_rescore(folder: Path, photos: Path, jobs: int, erased: int) -
                 "erase_s": round(erase_s, 1),
                 "keys_naming_an_erased_user_or_job": sorted(left),
                 "expired_list": client.zcard("aurum:degraded:expired"),
-                "faces_in_index": int(client.hget(f"aurum:index:{MODEL_ID}:sum", "n") or 0),
+                "faces_in_index": ScoreIndex(client, MODEL_ID, 128).counted(),
                 "leftovers_after_rescore": _settled_leftovers(stack),
                 "rescored_expected": summary["degraded"] - erased,
             }

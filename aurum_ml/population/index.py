@@ -3,8 +3,10 @@ with the population.
 
 Per model, in Redis:
 
-- ``aurum:index:{model}:sum``    hash: the running sum of the stored faces' unit embeddings
-  (fields ``"0"`` … ``"127"``) and their count ``"n"``;
+- ``aurum:index:{model}:total``  the running sum of the stored faces' unit embeddings and
+  their count: 129 float64 bytes (read and written whole, under the WATCH on ``rank``
+  that every writer of the sum holds; before, a hash ``…:sum`` of 129 fields updated
+  by 129 HINCRBYFLOAT a face — read still, and replaced at its first write);
 - ``aurum:index:{model}:rank``   sorted set: point id → typicality;
 - ``aurum:index:{model}:stats``  the score distribution as of the last re-rank (JSON);
 - ``aurum:index:{model}:vibes``  the vibe reference (see :mod:`aurum_ml.population.vibes`);
@@ -19,7 +21,7 @@ Per model, in Redis:
 Typicality is the cosine similarity of a face's unit embedding to the population centroid
 (the mean of the unit embeddings). Percentile = share of the population at or below it,
 ties counting half: ``(below + ½·tied_others + 1) / total``; rank 1 = most typical.
-Placing a face reads the sum (one HGETALL) and counts the sorted set (ZCOUNT, O(log N)).
+Placing a face reads the sum (one GET) and counts the sorted set (ZCOUNT, O(log N)).
 The score stage places a face *and counts it in* in one transaction (:meth:`enter`), so
 faces scored at the same moment count each other (totals 1, 2, 3 … into an empty
 population, never 1, 1); the store stage confirms the entry (:meth:`add`), and a job that
@@ -96,7 +98,8 @@ class ScoreIndex:
         self.dim = dim
         self.pending_ttl_s = pending_ttl_s
         prefix = self._prefix = f"aurum:index:{model}"
-        self._sum_key = f"{prefix}:sum"
+        self._sum_key = f"{prefix}:total"
+        self._legacy_sum_key = f"{prefix}:sum"  # the hash of 129 fields it replaced
         self._rank_key = f"{prefix}:rank"
         self._stats_key = f"{prefix}:stats"
         self._vibes_key = f"{prefix}:vibes"
@@ -104,12 +107,23 @@ class ScoreIndex:
 
     # --- reading --------------------------------------------------------------------------
     def _read_sum(self, client: Any = None) -> tuple[np.ndarray, int]:
-        raw: dict[bytes, bytes] = (client or self.redis).hgetall(self._sum_key)
+        client = client or self.redis
+        raw = client.get(self._sum_key)
+        if raw is not None:
+            stored = np.frombuffer(raw, dtype=np.float64)
+            return stored[:-1].copy(), int(stored[-1])
+        legacy: dict[bytes, bytes] = client.hgetall(self._legacy_sum_key)
         total = np.zeros(self.dim, dtype=np.float64)
-        for field, value in raw.items():
+        for field, value in legacy.items():
             if field != b"n":
                 total[int(field)] = float(value)
-        return total, int(raw.get(b"n", 0))
+        return total, int(legacy.get(b"n", 0))
+
+    def _write_sum(self, pipe: Any, total: np.ndarray, n: int) -> None:
+        """The sum and count, whole (on ``pipe``, inside its MULTI; the caller read the sum
+        in the same transaction)."""
+        pipe.set(self._sum_key, np.append(total.astype(np.float64), float(n)).tobytes())
+        pipe.delete(self._legacy_sum_key)
 
     def centroid(self) -> np.ndarray | None:
         """The mean of the stored unit embeddings, or None for an empty population."""
@@ -127,10 +141,11 @@ class ScoreIndex:
         u = unit(embedding)
 
         def place_and_count(pipe: Any) -> Placement:
-            total_sum, n = self._read_sum(pipe)
+            before, n_before = self._read_sum(pipe)
+            total_sum, n = before, n_before
             stored = pipe.zscore(self._rank_key, point_id)
             if stored is None:  # not in the population yet: count it in
-                total_sum, n = total_sum + u, n + 1
+                total_sum, n = before + u, n_before + 1
             typicality = float(u @ unit(total_sum))
             members = pipe.zcard(self._rank_key)
             below = pipe.zcount(self._rank_key, "-inf", f"({typicality!r}")
@@ -138,7 +153,7 @@ class ScoreIndex:
             placement = self._placement(typicality, stored, members, below, tied)
             if stored is None:
                 pipe.multi()
-                self._count_in(pipe, point_id, u, typicality)
+                self._count_in(pipe, point_id, typicality, total_sum, n)
                 pipe.set(self._pending_key(point_id), u.tobytes(), ex=self.pending_ttl_s)
             return placement
 
@@ -148,12 +163,13 @@ class ScoreIndex:
             )
             return placed
 
-    def _count_in(self, pipe: Any, point_id: str, u: np.ndarray, typicality: float) -> None:
+    def _count_in(
+        self, pipe: Any, point_id: str, typicality: float, total: np.ndarray, n: int
+    ) -> None:
+        """Count a face in: its rank entry and the sum with it (``total``, ``n``)."""
         pipe.zadd(self._rank_key, {point_id: typicality})
         pipe.srem(self._gone_key, point_id)  # stored again after an erasure: not gone now
-        for i, value in enumerate(u):
-            pipe.hincrbyfloat(self._sum_key, str(i), float(value))
-        pipe.hincrby(self._sum_key, "n", 1)
+        self._write_sum(pipe, total, n)
 
     @staticmethod
     def _placement(
@@ -190,6 +206,11 @@ class ScoreIndex:
     def count(self) -> int:
         with redis_errors():
             return int(self.redis.zcard(self._rank_key))
+
+    def counted(self) -> int:
+        """The faces the running sum holds (``count()``'s, when the index is whole)."""
+        with redis_errors():
+            return self._read_sum()[1]
 
     def members(self) -> set[str]:
         with redis_errors():
@@ -229,9 +250,11 @@ class ScoreIndex:
 
         def add_once(pipe: Any) -> bool:
             present = pipe.zscore(self._rank_key, point_id) is not None
+            if not present:
+                total, n = self._read_sum(pipe)
             pipe.multi()
             if not present:
-                self._count_in(pipe, point_id, u, typicality)
+                self._count_in(pipe, point_id, typicality, total + u, n + 1)
             pipe.delete(pending)
             return not present
 
@@ -255,12 +278,12 @@ class ScoreIndex:
             if raw is None:
                 return False
             present = pipe.zscore(self._rank_key, point_id) is not None
+            if present:
+                total, n = self._read_sum(pipe)
             pipe.multi()
             if present:  # a re-rank may have dropped it already (not in Qdrant)
                 pipe.zrem(self._rank_key, point_id)
-                for i, value in enumerate(np.frombuffer(raw, dtype=np.float64)):
-                    pipe.hincrbyfloat(self._sum_key, str(i), -float(value))
-                pipe.hincrby(self._sum_key, "n", -1)
+                self._write_sum(pipe, total - np.frombuffer(raw, dtype=np.float64), n - 1)
             pipe.delete(pending)
             return True
 
@@ -290,12 +313,13 @@ class ScoreIndex:
             present = [
                 (pid, vec) for pid, vec in faces if pipe.zscore(self._rank_key, pid) is not None
             ]
+            if present:
+                total, n = self._read_sum(pipe)
             pipe.multi()
-            for pid, vec in present:
-                pipe.zrem(self._rank_key, pid)
-                for i, value in enumerate(unit(vec)):
-                    pipe.hincrbyfloat(self._sum_key, str(i), -float(value))
-                pipe.hincrby(self._sum_key, "n", -1)
+            if present:
+                pipe.zrem(self._rank_key, *(pid for pid, _ in present))
+                taken = sum((unit(vec) for _, vec in present), np.zeros(self.dim))
+                self._write_sum(pipe, total - taken, n - len(present))
             if faces:
                 pipe.delete(*(self._pending_key(pid) for pid, _ in faces))
                 pipe.sadd(self._gone_key, *(pid for pid, _ in faces))
@@ -471,17 +495,13 @@ class ScoreIndex:
                 if p in units and t is not None
             }
             grand = total + sum((units[p] for p in kept), np.zeros(self.dim))
-            sums: dict[str | bytes, str | int] = {
-                str(i): repr(float(v)) for i, v in enumerate(grand)
-            }
-            sums["n"] = count + len(kept)
             pipe.multi()
             pipe.delete(late_key)
             if kept:
                 pipe.zadd(late_key, kept)
             pipe.zunionstore(self._rank_key, [staging, late_key])
-            pipe.delete(self._sum_key, staging, late_key)
-            pipe.hset(self._sum_key, mapping=sums)
+            pipe.delete(staging, late_key)
+            self._write_sum(pipe, grand, count + len(kept))
             if stats.get("distribution") is not None:
                 pipe.set(self._stats_key, json.dumps(stats))
             else:  # nothing stored: no distribution to speak of
@@ -535,6 +555,7 @@ class ScoreIndex:
         with redis_errors():
             self.redis.delete(
                 self._sum_key,
+                self._legacy_sum_key,
                 self._rank_key,
                 self._stats_key,
                 self._vibes_key,

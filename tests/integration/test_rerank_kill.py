@@ -30,6 +30,7 @@ from celery import Celery
 
 from aurum_ml.pipeline.backends.local import MODEL_ID as MODEL
 from aurum_ml.pipeline.celery_app import config
+from aurum_ml.population.index import ScoreIndex
 from aurum_ml.population.vectors import VectorStore
 from aurum_ml.settings import get_settings
 
@@ -125,7 +126,7 @@ def test_a_store_worker_killed_mid_build_loses_no_message_and_the_rerank_is_redo
         assert int(db.get("aurum:rerank:lost") or 0) == 1
         assert not db.exists(f"aurum:index:{MODEL}:rank:next")
         assert not db.exists(run_key)
-        assert int(db.hget(f"aurum:index:{MODEL}:sum", "n")) == FACES
+        assert ScoreIndex(db, MODEL, 128).counted() == FACES
         assert db.zcard(f"aurum:index:{MODEL}:rank") == FACES
         assert resolved_s < 120
     finally:

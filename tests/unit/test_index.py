@@ -170,3 +170,18 @@ def test_an_erasure_during_the_rerank_makes_it_run_again(index, runtime):
     stats = {"distribution": None, "thresholds": {}}
     assert index.swap_staged(np.zeros(128), 3, stats, set(), runtime.vectors) is None
     assert index.members() == {"0", "2"}  # the live index as it was
+
+
+def test_a_sum_kept_by_an_earlier_version_is_read_and_replaced(index):
+    """Before, the sum was a hash of 129 fields (one HINCRBYFLOAT each a face); an index
+    that holds one keeps counting from it, and its first write replaces it."""
+    vectors = _vectors(3)
+    legacy = {str(i): repr(float(x)) for i, x in enumerate(unit(vectors[0]) + unit(vectors[1]))}
+    index.redis.hset("aurum:index:test-model:sum", mapping=legacy | {"n": 2})
+    index.redis.zadd("aurum:index:test-model:rank", {"0": 0.9, "1": 0.8})
+    total, n = index._read_sum()
+    assert n == 2 and np.allclose(total, unit(vectors[0]) + unit(vectors[1]))
+    index.add("2", vectors[2], index.enter("2", vectors[2]).typicality)
+    assert not index.redis.exists("aurum:index:test-model:sum")
+    total, n = index._read_sum()
+    assert n == 3 and np.allclose(total, sum(unit(v) for v in vectors))
