@@ -141,11 +141,10 @@ class ScoreIndex:
         u = unit(embedding)
 
         def place_and_count(pipe: Any) -> Placement:
-            before, n_before = self._read_sum(pipe)
-            total_sum, n = before, n_before
+            total_sum, n = self._read_sum(pipe)
             stored = pipe.zscore(self._rank_key, point_id)
             if stored is None:  # not in the population yet: count it in
-                total_sum, n = before + u, n_before + 1
+                total_sum, n = total_sum + u, n + 1
             typicality = float(u @ unit(total_sum))
             members = pipe.zcard(self._rank_key)
             below = pipe.zcount(self._rank_key, "-inf", f"({typicality!r}")
